@@ -1,0 +1,3 @@
+from tscope.cli.main import entry
+
+entry()

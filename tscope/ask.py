@@ -1,0 +1,43 @@
+"""``ask``: the library function behind ``tscope ask`` (scenes + question -> Trace + outputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tscope.geo.scene import ReadOptions, open_scenes
+from tscope.reason.backend import Progress, get_backend
+from tscope.reason.query import parse_query
+from tscope.reason.trace import Trace
+from tscope.report import default_out_dir, prepare_out_dir, write_outputs
+
+
+def ask(
+    scenes: Sequence[str | Path],
+    question: str,
+    *,
+    backend: str = "spectral",
+    backend_options: dict[str, Any] | None = None,
+    read_options: ReadOptions | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    write: bool = True,
+    progress: Progress | None = None,
+) -> Trace:
+    """Answer ``question`` over one scene (or a before/after pair) and write the outputs.
+
+    Everything that can be checked before the work (scenes, question, backend, ``out``) is checked
+    first, so bad input fails fast and leaves nothing behind.
+    """
+    opened = open_scenes(scenes, read_options)
+    query = parse_query(question, n_scenes=len(opened))
+    engine = get_backend(backend, **(backend_options or {}))
+    out_dir = None
+    if write:
+        out_dir = prepare_out_dir(Path(out) if out else default_out_dir(scenes[0], question), overwrite)
+    trace = engine.reason(opened, query, progress=progress)
+    if out_dir is not None:
+        write_outputs(trace, opened, out_dir)
+        trace.outputs["dir"] = str(out_dir)
+    return trace

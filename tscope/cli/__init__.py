@@ -1,0 +1,1 @@
+"""The ``tscope`` command line: one module per command, shared options in :mod:`.options`."""

@@ -1,0 +1,61 @@
+"""``tscope ask SCENE [SCENE2] QUESTION``: answer a question about one scene or a before/after pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tscope.cli.options import JsonOption, OverwriteOption, print_json, progress_bar
+from tscope.errors import InputError
+
+
+def command(
+    args: list[str] = typer.Argument(..., metavar="SCENE [SCENE2] QUESTION",
+                                     help="One GeoTIFF (or a before and an after one), then the question."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: named after scene and question)."),
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
+    backend: str = typer.Option("spectral", "--backend", help="spectral (embedded, CPU) or terrascope (the VLM)."),
+    model: Path = typer.Option(None, "--model", help="terrascope: checkpoint folder (released or tscope layout)."),
+    quant: str = typer.Option("none", "--quant", help="terrascope: none, 8bit or 4bit (language model only)."),
+    dtype: str = typer.Option("bf16", "--dtype", help="terrascope: bf16, fp16 or fp32."),
+    device: str = typer.Option("auto", "--device", help="terrascope: auto, cpu, cuda, cuda:N."),
+    tile_overlap: int = typer.Option(64, "--tile-overlap", help="terrascope scene mode: overlap between tiles (px)."),
+    bands: str = typer.Option(None, "--bands", help="Band names in file order, e.g. red,green,blue,nir (_ skips one)."),
+    sensor: str = typer.Option(None, "--sensor", help="Band preset: s2-l2a, s2-l1c, landsat8, rgbn, rgb, s1."),
+    l2a_offset: bool = typer.Option(
+        False, "--l2a-offset", help="Subtract the Sentinel-2 baseline-04.00 offset (DN-1000)."
+    ),
+    sar_format: str = typer.Option("auto", "--sar-format", help="SAR values: auto, linear, db or complex."),
+    nodata: float = typer.Option(None, "--nodata", help="Nodata value, overriding the file's."),
+    assume_crs: str = typer.Option(None, "--assume-crs", help="CRS for files that have none, e.g. EPSG:32633."),
+    rules: Path = typer.Option(None, "--rules", help="spectral: a rules TOML replacing models/spectral.toml."),
+    no_cloud_mask: bool = typer.Option(False, "--no-cloud-mask", help="spectral: keep cloudy pixels in the measures."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Answer a question about a scene; write answer.md, masks/*.tif (COG), masks.geojson, answer.json."""
+    from tscope.ask import ask
+    from tscope.geo.scene import ReadOptions
+
+    if len(args) < 2:
+        raise InputError("give a scene and a question: tscope ask SCENE.tif \"What % is forest?\"")
+    if len(args) > 3:
+        raise InputError("give at most two scenes (before, after) and one question; quote the question")
+    *scenes, question = args
+    read_options = ReadOptions(bands=bands, sensor=sensor, l2a_offset=l2a_offset, sar_format=sar_format,
+                               nodata=nodata, assume_crs=assume_crs)
+    if backend == "terrascope":
+        if model is None:
+            raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")
+        options = dict(model=model, quant=quant, dtype=dtype, device=device, tile_overlap=tile_overlap)
+    else:
+        options = dict(rules=str(rules) if rules else None, mask_clouds=not no_cloud_mask)
+    with progress_bar("reasoning", quiet=quiet) as progress:
+        trace = ask(scenes, question, backend=backend, backend_options=options, read_options=read_options,
+                    out=out, overwrite=overwrite, progress=progress)
+    if as_json:
+        print_json(trace.to_dict() | {"out": trace.outputs.get("dir")})
+    else:
+        typer.echo(trace.answer)
+        typer.echo(f"outputs: {trace.outputs.get('dir')}", err=True)

@@ -1,0 +1,97 @@
+"""The ``tscope`` entry point: global options, command registration, errors -> exit codes.
+
+Each command lives in its own module of :mod:`tscope.cli` and exposes either ``command`` (a plain
+function, registered as one command) or ``app`` (a Typer group of sub-commands). Command modules
+import heavy libraries (torch, transformers, dask) only inside the functions that need them, so
+``tscope --help`` and the spectral ``ask`` start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+import typer
+
+from tscope import __version__
+from tscope.cli.options import setup_logging
+from tscope.errors import TscopeError
+
+# name -> module; keep sorted by how users meet them.
+COMMANDS = {
+    "ask": "tscope.cli.ask",
+}
+
+app = typer.Typer(
+    name="tscope",
+    help="Pixel-grounded reasoning over Earth-observation imagery (TerraScope).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-vv: debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Pixel-grounded reasoning over Earth-observation imagery."""
+    setup_logging(-1 if quiet else verbose)
+
+
+for _name, _module in COMMANDS.items():
+    _mod = importlib.import_module(_module)
+    if hasattr(_mod, "app"):
+        app.add_typer(_mod.app, name=_name)
+    else:
+        app.command(_name)(_mod.command)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Console-script entry: one line on stderr for any failure, and the exit code that says why."""
+    debug = bool(os.environ.get("TSCOPE_DEBUG"))
+    try:
+        app(args=argv, prog_name="tscope", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("tscope: aborted", file=sys.stderr)
+        return 130
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx else "tscope"
+        hint = f" (see {path} --help)"
+        print(f"tscope: error: {exc.format_message()}{hint}", file=sys.stderr)
+        return 2
+    except click.ClickException as exc:
+        print(f"tscope: error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except TscopeError as exc:
+        if debug:
+            logging.getLogger("tscope").exception("failed")
+        print(f"tscope: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tscope: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, exit 1
+        if debug:
+            raise
+        print(f"tscope: error: {type(exc).__name__}: {exc} (set TSCOPE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(run())

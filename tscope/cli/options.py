@@ -1,0 +1,57 @@
+"""Options and output helpers shared by every command (in the spirit of ``rio/options.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+
+import typer
+
+from tscope.reason.backend import Progress
+
+log = logging.getLogger("tscope")
+
+JsonOption = typer.Option(False, "--json", help="Print the result as JSON on stdout (logs stay on stderr).")
+OverwriteOption = typer.Option(False, "--overwrite", help="Replace existing outputs in --out.")
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * verbosity
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_time=False, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("tscope: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=max(logging.DEBUG, level), handlers=[handler], force=True)
+
+
+def print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool = False) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr when it is a terminal; nothing otherwise (CI, pipes)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichProgress
+
+    with RichProgress(
+        "[progress.description]{task.description}", BarColumn(), "{task.completed}/{task.total}",
+        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

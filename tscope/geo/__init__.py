@@ -1,0 +1,1 @@
+"""Geospatial core: grids, scenes, masks, writers."""

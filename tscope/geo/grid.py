@@ -1,0 +1,168 @@
+"""A pixel grid on the ground: CRS, affine transform and shape, with ground-unit geometry.
+
+Everything that turns pixels into metres lives here, so areas and distances are computed one way:
+
+* geographic CRSs: the exact geodesic area of each pixel on the CRS's ellipsoid (it depends only on
+  the row for a north-up grid);
+* projected CRSs: the nominal pixel area in metres divided by the projection's areal scale factor
+  at the block's centre (so Web Mercator or UTM far from its meridian still give ground areas).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from pyproj import CRS, Geod, Proj, Transformer
+from rasterio.windows import Window
+
+BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class Grid:
+    """``width`` x ``height`` pixels placed on the ground by ``transform`` in ``crs``."""
+
+    crs: Any  # rasterio or pyproj CRS; pyproj_crs gives the latter
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) in the grid's CRS."""
+        xs, ys = [], []
+        for col, row in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height)):
+            x, y = self.transform * (col, row)
+            xs.append(x)
+            ys.append(y)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def is_rectilinear(self) -> bool:
+        return self.transform.b == 0 and self.transform.d == 0
+
+    @cached_property
+    def pyproj_crs(self) -> CRS:
+        """The grid's CRS as a pyproj CRS (``crs`` itself may be a rasterio CRS)."""
+        return CRS.from_user_input(self.crs.to_wkt() if hasattr(self.crs, "to_wkt") else self.crs)
+
+    @cached_property
+    def _metre_factor(self) -> float:
+        crs = self.pyproj_crs
+        if crs.is_geographic:
+            return float("nan")
+        factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        return float(factor or 1.0)
+
+    @cached_property
+    def geod(self) -> Geod:
+        ellps = self.pyproj_crs.ellipsoid
+        if ellps is None:
+            return Geod(ellps="WGS84")
+        return Geod(a=ellps.semi_major_metre, b=ellps.semi_minor_metre)
+
+    @cached_property
+    def to_lonlat(self) -> Transformer:
+        return Transformer.from_crs(self.pyproj_crs, CRS.from_epsg(4326), always_xy=True)
+
+    def windows(self, size: int = BLOCK) -> Iterator[Window]:
+        """Row-major blocks of at most ``size`` x ``size`` pixels covering the grid."""
+        for row in range(0, self.height, size):
+            for col in range(0, self.width, size):
+                yield Window(col, row, min(size, self.width - col), min(size, self.height - row))
+
+    def centre_lonlat(self) -> tuple[float, float]:
+        x, y = self.transform * (self.width / 2, self.height / 2)
+        lon, lat = self.to_lonlat.transform(x, y)
+        return float(lon), float(lat)
+
+    # --- ground geometry -------------------------------------------------------------------------
+
+    @cached_property
+    def _row_areas_geographic(self) -> np.ndarray:
+        """Geodesic area (m²) of one pixel in each row of a north-up geographic grid."""
+        t = self.transform
+        x0, x1 = t.c, t.c + t.a
+        areas = np.empty(self.height, dtype=np.float64)
+        for row in range(self.height):
+            y0 = t.f + t.e * row
+            y1 = y0 + t.e
+            area, _ = self.geod.polygon_area_perimeter([x0, x1, x1, x0], [y0, y0, y1, y1])
+            areas[row] = abs(area)
+        return areas
+
+    def _areal_scale(self, col: float, row: float) -> float:
+        x, y = self.transform * (col, row)
+        try:
+            lon, lat = self.to_lonlat.transform(x, y)
+            scale = Proj(self.pyproj_crs).get_factors(lon, lat).areal_scale
+        except Exception:  # noqa: BLE001 - engineering or odd CRSs have no factors: use nominal
+            return 1.0
+        if not math.isfinite(scale) or scale <= 0:
+            return 1.0
+        return float(scale)
+
+    def pixel_area(self, window: Window) -> np.ndarray:
+        """Ground area (m²) of each pixel of ``window``, broadcastable to its (rows, cols) shape."""
+        rows = int(window.height)
+        if self.crs.is_geographic and self.is_rectilinear:
+            r0 = int(window.row_off)
+            return self._row_areas_geographic[r0 : r0 + rows, None]
+        nominal = abs(self.transform.determinant)
+        if self.crs.is_geographic:
+            # A rotated geographic grid: approximate by the local metric at the block centre.
+            lon, lat = self.transform * (window.col_off + window.width / 2, window.row_off + rows / 2)
+            dx = self.geod.line_length([lon, lon + 1e-6], [lat, lat]) / 1e-6
+            dy = self.geod.line_length([lon, lon], [lat, lat + 1e-6]) / 1e-6
+            return np.full((1, 1), nominal * dx * dy)
+        nominal *= self._metre_factor**2
+        scale = self._areal_scale(window.col_off + window.width / 2, window.row_off + rows / 2)
+        return np.full((1, 1), nominal / scale)
+
+    def pixel_size_m(self) -> tuple[float, float]:
+        """Approximate (x, y) size of a pixel on the ground at the grid centre, in metres."""
+        lon_c, lat_c = self.centre_lonlat()
+        t = self.transform
+        c, r = self.width / 2, self.height / 2
+        pts = [t * (c, r), t * (c + 1, r), t * (c, r + 1)]
+        lonlat = [self.to_lonlat.transform(x, y) for x, y in pts]
+        dx = self.geod.line_length([lonlat[0][0], lonlat[1][0]], [lonlat[0][1], lonlat[1][1]])
+        dy = self.geod.line_length([lonlat[0][0], lonlat[2][0]], [lonlat[0][1], lonlat[2][1]])
+        return float(dx), float(dy)
+
+    def metric_xy(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Pixel centres in a local metric frame (metres), shape (n, 2), for nearest-neighbour work.
+
+        Projected CRSs use their own coordinates (in metres); geographic ones an azimuthal
+        equidistant projection centred on the grid, which keeps distances true near the centre.
+        """
+        xs, ys = self.transform * (cols + 0.5, rows + 0.5)
+        xs = np.asarray(xs, dtype=np.float64)
+        ys = np.asarray(ys, dtype=np.float64)
+        if self.crs.is_geographic:
+            lon_c, lat_c = self.centre_lonlat()
+            aeqd = CRS.from_proj4(f"+proj=aeqd +lat_0={lat_c} +lon_0={lon_c} +datum=WGS84 +units=m")
+            xs, ys = Transformer.from_crs(self.pyproj_crs, aeqd, always_xy=True).transform(xs, ys)
+            return np.column_stack([xs, ys])
+        return np.column_stack([xs, ys]) * self._metre_factor
+
+    def pixel_lonlat(self, col: float, row: float) -> tuple[float, float]:
+        x, y = self.transform * (col, row)
+        lon, lat = self.to_lonlat.transform(x, y)
+        return float(lon), float(lat)
+
+    def geodesic_distance(self, a: tuple[float, float], b: tuple[float, float]) -> float:
+        """Geodesic distance in metres between two (col, row) pixel positions."""
+        lon1, lat1 = self.pixel_lonlat(*a)
+        lon2, lat2 = self.pixel_lonlat(*b)
+        return float(self.geod.inv(lon1, lat1, lon2, lat2)[2])

@@ -1,0 +1,320 @@
+"""Scenes: a raster file read lazily, window by window, as physical values by band common name.
+
+A :class:`Scene` never holds its pixels. ``Scene.read(names, window)`` returns float32 arrays
+(reflectance for optical bands, linear power for SAR) for one window of the scene's analysis grid,
+plus the boolean mask of pixels that hold data in every band asked for. When a scene is aligned onto
+another grid (a second date, a SAR scene under an optical one) the reads go through a GDAL warped
+VRT, still window by window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from tscope.errors import InputError
+from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
+from tscope.geo.grid import Grid
+
+SAR_FORMATS = ("auto", "linear", "db", "complex")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to interpret a file: the CLI's reading options, one object."""
+
+    bands: str | None = None
+    sensor: str | None = None
+    l2a_offset: bool = False
+    sar_format: str = "auto"
+    nodata: float | None = None
+    assume_crs: str | None = None
+
+
+@dataclass
+class Scene:
+    """A raster file seen through an analysis grid. ``frame`` is ``t1`` or ``t2`` for pairs."""
+
+    path: Path
+    grid: Grid
+    native: Grid
+    band_map: BandMap
+    kind: str
+    scales: dict[str, tuple[float, float]]
+    nodata: float | None
+    sar_format: str | None
+    frame: str = "t1"
+    options: ReadOptions = field(default_factory=ReadOptions)
+    per_dataset_mask: bool = False
+
+    @property
+    def bands(self) -> list[str]:
+        return self.band_map.names
+
+    def has(self, name: str) -> bool:
+        return name in self.band_map.indexes
+
+    def describe(self) -> dict:
+        return {
+            "path": str(self.path),
+            "frame": self.frame,
+            "crs": self.grid.crs.to_string(),
+            "transform": list(self.grid.transform)[:6],
+            "width": self.grid.width,
+            "height": self.grid.height,
+            "bands": self.bands,
+            "band_source": self.band_map.source,
+            "kind": self.kind,
+        }
+
+    # --- alignment ---------------------------------------------------------------------------
+
+    @property
+    def is_native(self) -> bool:
+        return self.grid == self.native
+
+    def _native_window(self, window: Window) -> Window | None:
+        """The window of the file under ``window`` of the analysis grid, if no warping is needed."""
+        g, n = self.grid, self.native
+        if g.crs != n.crs or not np.allclose(list(g.transform)[:4], list(n.transform)[:4]):
+            return None
+        col, row = ~n.transform * (g.transform.c, g.transform.f)
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            return None
+        return Window(window.col_off + round(col), window.row_off + round(row), window.width, window.height)
+
+    def aligned_to(self, grid: Grid, frame: str | None = None) -> Scene:
+        """The same file seen through ``grid`` (cropped, or warped when CRS/pixels differ)."""
+        return replace(self, grid=grid, frame=frame or self.frame)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def read(self, names: Sequence[str], window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Physical values of ``names`` in ``window`` of the analysis grid, and the valid mask.
+
+        Returns ``({name: float32 (rows, cols)}, valid bool (rows, cols))``. Nodata, NaN and pixels
+        outside the file are invalid. Optical bands come as reflectance, SAR as linear power.
+        """
+        missing = [n for n in names if not self.has(n)]
+        if missing:
+            raise InputError(
+                f"{self.path.name} has no {', '.join(missing)} band (it has {', '.join(self.bands)});"
+                " map bands with --bands or --sensor"
+            )
+        indexes = [self.band_map.indexes[n] for n in names]
+        shape = (int(window.height), int(window.width))
+        with rasterio.open(self.path) as src:
+            native_window = self._native_window(window)
+            if native_window is not None:
+                raw = src.read(indexes, window=native_window, boundless=True, fill_value=self._fill(src))
+                inside = self._inside(native_window, shape)
+                masks = src.read_masks(indexes, window=native_window, boundless=True) if self.per_dataset_mask else None
+            else:
+                resampling = Resampling.nearest if self.kind == "sar" else Resampling.bilinear
+                with WarpedVRT(src, **self._warp_kwargs(resampling)) as vrt:
+                    raw = vrt.read(indexes, window=window)
+                    masks = vrt.read_masks(indexes, window=window)
+                inside = None
+        valid = np.ones(shape, dtype=bool)
+        if inside is not None:
+            valid &= inside
+        if masks is not None:
+            valid &= np.all(masks > 0, axis=0)
+        out = {}
+        for name, band in zip(names, raw, strict=True):
+            if self.nodata is not None and not np.iscomplexobj(band):
+                valid &= band != self.nodata
+            out[name] = self._to_physical(name, band)
+            if name != "scl":
+                valid &= np.isfinite(out[name])
+        return out, valid
+
+    def _warp_kwargs(self, resampling: Resampling) -> dict:
+        """WarpedVRT options onto the analysis grid; pixels outside the file come back masked."""
+        kwargs = dict(
+            crs=self.grid.crs,
+            transform=self.grid.transform,
+            width=self.grid.width,
+            height=self.grid.height,
+            resampling=resampling,
+        )
+        if self.nodata is not None:
+            kwargs.update(src_nodata=self.nodata, nodata=self.nodata, init_dest_nodata=True)
+        else:
+            kwargs.update(add_alpha=True)
+        return kwargs
+
+    def _fill(self, src: rasterio.DatasetReader) -> float:
+        if self.nodata is not None:
+            return self.nodata
+        return 0 if np.dtype(src.dtypes[0]).kind in "uic" else np.nan
+
+    def _inside(self, native_window: Window, shape: tuple[int, int]) -> np.ndarray:
+        rows = np.arange(shape[0]) + int(native_window.row_off)
+        cols = np.arange(shape[1]) + int(native_window.col_off)
+        row_ok = (rows >= 0) & (rows < self.native.height)
+        col_ok = (cols >= 0) & (cols < self.native.width)
+        return row_ok[:, None] & col_ok[None, :]
+
+    def _to_physical(self, name: str, band: np.ndarray) -> np.ndarray:
+        if name == "scl":
+            return band.astype(np.float32)
+        if name in SAR_NAMES:
+            if self.sar_format == "complex" or np.iscomplexobj(band):
+                return (np.abs(band) ** 2).astype(np.float32)
+            band = band.astype(np.float32)
+            if self.sar_format == "db":
+                with np.errstate(invalid="ignore", over="ignore"):
+                    return np.power(10.0, band / 10.0, dtype=np.float32)
+            return band
+        scale, offset = self.scales[name]
+        out = band.astype(np.float32)
+        if scale != 1.0 or offset != 0.0:
+            out *= np.float32(scale)
+            out += np.float32(offset)
+        return out
+
+    def read_overview(self, names: Sequence[str], max_side: int = 1024) -> np.ndarray:
+        """A decimated (bands, rows, cols) float32 read for quicklooks: memory bounded by ``max_side``."""
+        factor = max(1, int(np.ceil(max(self.grid.width, self.grid.height) / max_side)))
+        shape = (max(1, self.grid.height // factor), max(1, self.grid.width // factor))
+        indexes = [self.band_map.indexes[n] for n in names]
+        with rasterio.open(self.path) as src:
+            with WarpedVRT(src, **self._warp_kwargs(Resampling.average)) as vrt:
+                raw = vrt.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.average)
+        return np.stack([self._to_physical(n, b) for n, b in zip(names, raw, strict=True)])
+
+
+def _grid_of(src: rasterio.DatasetReader, crs: CRS) -> Grid:
+    return Grid(crs=crs, transform=src.transform, width=src.width, height=src.height)
+
+
+def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str = "t1") -> Scene:
+    """Open ``path`` and identify its bands, scaling, nodata and CRS (reads no pixels)."""
+    options = options or ReadOptions()
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError:
+        raise InputError(f"{path}: not a raster rasterio can open") from None
+    with src:
+        if src.crs is None:
+            if not options.assume_crs:
+                raise InputError(f"{path}: no CRS; pass --assume-crs EPSG:XXXX if you know it")
+            try:
+                crs = CRS.from_user_input(options.assume_crs)
+            except Exception:  # noqa: BLE001 - rasterio raises several types for bad input
+                raise InputError(f"--assume-crs {options.assume_crs!r} is not a CRS") from None
+        else:
+            crs = src.crs
+        if src.transform.is_identity and not src.gcps[0]:
+            raise InputError(f"{path}: no georeferencing (identity transform)")
+        band_map = identify_bands(src, options.bands, options.sensor)
+        kind = "sar" if band_map.indexes and set(band_map.indexes) <= SAR_NAMES | {"scl"} else "optical"
+        nodata = options.nodata if options.nodata is not None else src.nodata
+        per_dataset_mask = nodata is None and any(
+            MaskFlags.per_dataset in flags or MaskFlags.alpha in flags for flags in src.mask_flag_enums
+        )
+        scales = _band_scales(src, band_map, options)
+        sar_format = _sar_format(src, band_map, options) if kind == "sar" or SAR_NAMES & set(band_map.indexes) else None
+        grid = _grid_of(src, crs)
+    return Scene(
+        path=path,
+        grid=grid,
+        native=grid,
+        band_map=band_map,
+        kind=kind,
+        scales=scales,
+        nodata=nodata,
+        sar_format=sar_format,
+        frame=frame,
+        options=options,
+        per_dataset_mask=per_dataset_mask,
+    )
+
+
+def _band_scales(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOptions) -> dict:
+    """(scale, offset) per band turning stored values into reflectance."""
+    scales = {}
+    preset = band_map.preset
+    for name, index in band_map.indexes.items():
+        dtype = np.dtype(src.dtypes[index - 1])
+        file_scale, file_offset = src.scales[index - 1], src.offsets[index - 1]
+        if dtype.kind == "f":
+            scale, offset = 1.0, 0.0
+        elif (file_scale, file_offset) != (1.0, 0.0):
+            scale, offset = file_scale, file_offset
+        elif preset is not None and preset.dn_scale is not None:
+            scale, offset = preset.dn_scale, preset.dn_offset
+        elif dtype == np.uint8:
+            scale, offset = 1 / 255, 0.0
+        else:
+            scale, offset = 1e-4, 0.0
+        if options.l2a_offset and dtype.kind in "ui":
+            baseline = preset.baseline_offset_dn if preset and preset.baseline_offset_dn else 1000
+            offset -= baseline * scale
+        scales[name] = (float(scale), float(offset))
+    return scales
+
+
+def _sar_format(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOptions) -> str:
+    if options.sar_format not in SAR_FORMATS:
+        raise InputError(f"--sar-format must be one of {', '.join(SAR_FORMATS)}")
+    if options.sar_format != "auto":
+        return options.sar_format
+    index = next(i for n, i in band_map.indexes.items() if n in SAR_NAMES)
+    dtype = np.dtype(src.dtypes[index - 1])
+    if dtype.kind == "c":
+        return "complex"
+    # Backscatter in dB is mostly negative; linear power never is. Sample one decimated read.
+    sample = src.read(index, out_shape=(min(256, src.height), min(256, src.width))).astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if src.nodata is not None:
+        sample = sample[sample != src.nodata]
+    if sample.size and np.median(sample) < 0:
+        return "db"
+    return "linear"
+
+
+def analysis_grid(scenes: Sequence[Scene]) -> Grid:
+    """The grid every scene is read on: the first scene's pixels, cropped to where all overlap."""
+    first = scenes[0].native
+    minx, miny, maxx, maxy = first.bounds
+    for other in scenes[1:]:
+        ob = transform_bounds(other.native.crs, first.crs, *other.native.bounds, densify_pts=21)
+        minx, miny = max(minx, ob[0]), max(miny, ob[1])
+        maxx, maxy = min(maxx, ob[2]), min(maxy, ob[3])
+        if minx >= maxx or miny >= maxy:
+            raise InputError(f"{scenes[0].path.name} and {other.path.name} do not overlap")
+    if len(scenes) == 1:
+        return first
+    window = from_bounds(minx, miny, maxx, maxy, first.transform).round_offsets().round_lengths()
+    col0, row0 = max(0, int(window.col_off)), max(0, int(window.row_off))
+    col1 = min(first.width, int(window.col_off + window.width))
+    row1 = min(first.height, int(window.row_off + window.height))
+    if col1 <= col0 or row1 <= row0:
+        raise InputError("the scenes overlap by less than one pixel")
+    transform = first.transform * Affine.translation(col0, row0)
+    return Grid(crs=first.crs, transform=transform, width=col1 - col0, height=row1 - row0)
+
+
+def open_scenes(paths: Sequence[str | Path], options: ReadOptions | None = None) -> list[Scene]:
+    """Open one scene, or a pre/post pair aligned onto the first scene's grid (their overlap)."""
+    if not 1 <= len(paths) <= 2:
+        raise InputError("give one scene, or two (before and after) for change questions")
+    scenes = [open_scene(p, options, frame=f"t{i + 1}") for i, p in enumerate(paths)]
+    grid = analysis_grid(scenes)
+    return [s.aligned_to(grid) for s in scenes]

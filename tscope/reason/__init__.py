@@ -1,0 +1,1 @@
+"""Questions, traces, measures and the spectral backend."""

@@ -1,0 +1,327 @@
+"""The one implementation of every measure tscope reports, on georeferenced boolean masks.
+
+Every backend, the data synthesis and the benchmark call these functions; nothing else computes an
+area, a coverage or a distance. Units are ground units: square metres and metres, geodesic on
+geographic CRSs (see :mod:`tscope.geo.grid`). Only pixels that are both in the class and valid
+(``Mask.counted``) ever count; percentages are of the valid area.
+
+Work is done block by block over the grid, so temporaries stay at one block's size; labelling and
+nearest-edge search hold at most one int32 label image or the boundary pixels of a mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from tscope.geo.grid import Grid
+from tscope.geo.mask import Mask
+
+COMPASS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
+DEFAULT_MIN_PIXELS = 4
+
+
+def _same_grid(*masks: Mask) -> Grid:
+    grid = masks[0].grid
+    for other in masks[1:]:
+        if other.grid != grid:
+            raise ValueError(f"masks {masks[0].label} and {other.label} are on different grids")
+    return grid
+
+
+def _area(grid: Grid, pixels: np.ndarray) -> float:
+    total = 0.0
+    for window in grid.windows():
+        rows = slice(int(window.row_off), int(window.row_off + window.height))
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        block = pixels[rows, cols]
+        if not block.any():
+            continue
+        area = grid.pixel_area(window)
+        if area.shape == (1, 1):
+            total += float(area[0, 0]) * int(np.count_nonzero(block))
+        else:
+            total += float(np.sum(np.count_nonzero(block, axis=1)[:, None] * area))
+    return total
+
+
+def area_m2(mask: Mask) -> float:
+    """Ground area of the class, in m²."""
+    return _area(mask.grid, mask.counted)
+
+
+def valid_area_m2(mask: Mask) -> float:
+    return _area(mask.grid, mask.valid)
+
+
+@dataclass
+class Result:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Coverage(Result):
+    percent: float
+    area_m2: float
+    valid_area_m2: float
+
+
+def coverage(mask: Mask) -> Coverage:
+    """Share of the valid area covered by the class (percent)."""
+    valid = valid_area_m2(mask)
+    area = area_m2(mask)
+    return Coverage(percent=100.0 * area / valid if valid else float("nan"), area_m2=area, valid_area_m2=valid)
+
+
+@dataclass
+class Comparison(Result):
+    area_a_m2: float
+    area_b_m2: float
+    larger: str
+    ratio: float
+
+
+def compare(a: Mask, b: Mask) -> Comparison:
+    """Which of two classes covers more ground, and by what ratio (larger / smaller)."""
+    _same_grid(a, b)
+    area_a, area_b = area_m2(a), area_m2(b)
+    larger = a.label if area_a >= area_b else b.label
+    small = min(area_a, area_b)
+    ratio = max(area_a, area_b) / small if small else math.inf
+    return Comparison(area_a_m2=area_a, area_b_m2=area_b, larger=larger, ratio=ratio)
+
+
+@dataclass
+class Adjacency(Result):
+    borders: bool
+    shared_boundary_m: float
+
+
+def adjacency(a: Mask, b: Mask) -> Adjacency:
+    """Whether the classes share a pixel edge (4-connectivity), and the length of that boundary."""
+    grid = _same_grid(a, b)
+    pa, pb = a.counted, b.counted
+    px, py = grid.pixel_size_m()
+    # Horizontal neighbours share a vertical edge (length py); vertical neighbours a horizontal one.
+    vertical_edges = np.count_nonzero(pa[:, :-1] & pb[:, 1:]) + np.count_nonzero(pa[:, 1:] & pb[:, :-1])
+    horizontal_edges = np.count_nonzero(pa[:-1, :] & pb[1:, :]) + np.count_nonzero(pa[1:, :] & pb[:-1, :])
+    length = vertical_edges * py + horizontal_edges * px
+    return Adjacency(borders=bool(vertical_edges or horizontal_edges), shared_boundary_m=float(length))
+
+
+@dataclass
+class Distance(Result):
+    metres: float
+    point_a: tuple[float, float] | None
+    point_b: tuple[float, float] | None
+
+
+def _edge_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of class pixels with a 4-neighbour outside the class (or the image)."""
+    inner = ndimage.binary_erosion(pixels, border_value=0)
+    return np.nonzero(pixels & ~inner)
+
+
+def distance(a: Mask, b: Mask) -> Distance:
+    """Minimum edge-to-edge ground distance between two classes (0 when they touch or overlap).
+
+    Candidate pairs come from a k-d tree over boundary pixel centres in a local metric frame; the
+    gap between two pixels is measured between their edges, and the closest pair's distance is
+    the geodesic one.
+    """
+    from scipy.spatial import cKDTree
+
+    grid = _same_grid(a, b)
+    pa, pb = a.counted, b.counted
+    if not pa.any() or not pb.any():
+        return Distance(metres=float("nan"), point_a=None, point_b=None)
+    if np.any(pa & pb):
+        rows, cols = np.nonzero(pa & pb)
+        point = grid.pixel_lonlat(cols[0] + 0.5, rows[0] + 0.5)
+        return Distance(metres=0.0, point_a=point, point_b=point)
+    ra, ca = _edge_pixels(pa)
+    rb, cb = _edge_pixels(pb)
+    xy_a = grid.metric_xy(ca, ra)
+    xy_b = grid.metric_xy(cb, rb)
+    tree = cKDTree(xy_b)
+    k = min(8, len(xy_b))
+    dist, idx = tree.query(xy_a, k=k)
+    dist, idx = dist.reshape(len(xy_a), k), idx.reshape(len(xy_a), k)
+    px, py = grid.pixel_size_m()
+    delta = np.abs(xy_a[:, None, :] - xy_b[idx])
+    gap = np.hypot(np.maximum(delta[..., 0] - px, 0), np.maximum(delta[..., 1] - py, 0))
+    i, j = np.unravel_index(np.argmin(gap), gap.shape)
+    ib = idx[i, j]
+    if gap[i, j] == 0:
+        metres = 0.0
+    else:
+        # Geodesic distance between the facing pixel edges: move each centre half a pixel towards
+        # the other along each axis where they are apart.
+        ac, ar = float(ca[i]) + 0.5, float(ra[i]) + 0.5
+        bc, br = float(cb[ib]) + 0.5, float(rb[ib]) + 0.5
+        step_c = np.sign(bc - ac) * 0.5 if abs(bc - ac) >= 1 else 0.0
+        step_r = np.sign(br - ar) * 0.5 if abs(br - ar) >= 1 else 0.0
+        if step_c == 0:
+            ac = bc = (ac + bc) / 2
+        if step_r == 0:
+            ar = br = (ar + br) / 2
+        metres = grid.geodesic_distance((ac + step_c, ar + step_r), (bc - step_c, br - step_r))
+    point_a = grid.pixel_lonlat(ca[i] + 0.5, ra[i] + 0.5)
+    point_b = grid.pixel_lonlat(cb[ib] + 0.5, rb[ib] + 0.5)
+    return Distance(metres=float(metres), point_a=point_a, point_b=point_b)
+
+
+@dataclass
+class Count(Result):
+    count: int
+    min_area_m2: float
+    region_areas_m2: list[float]
+
+
+def _regions(mask: Mask) -> tuple[np.ndarray, int, np.ndarray]:
+    """8-connected regions: (labels, n, area of each label in m², index 0 = background)."""
+    grid = mask.grid
+    labels, n = ndimage.label(mask.counted, structure=np.ones((3, 3), dtype=bool), output=np.int32)
+    areas = np.zeros(n + 1, dtype=np.float64)
+    for window in grid.windows():
+        rows = slice(int(window.row_off), int(window.row_off + window.height))
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        block = labels[rows, cols]
+        weights = np.broadcast_to(grid.pixel_area(window), block.shape)
+        areas += np.bincount(block.ravel(), weights=weights.ravel(), minlength=n + 1)
+    return labels, n, areas
+
+
+def default_min_area(grid: Grid) -> float:
+    """Regions smaller than this many pixels are noise, not objects (used when a question gives none)."""
+    px, py = grid.pixel_size_m()
+    return DEFAULT_MIN_PIXELS * px * py
+
+
+def count(mask: Mask, min_area: float | None = None) -> Count:
+    """Connected regions (8-connectivity) of the class with at least ``min_area`` m²."""
+    min_area = default_min_area(mask.grid) if min_area is None else min_area
+    _, n, areas = _regions(mask)
+    kept = sorted((float(a) for a in areas[1:] if a >= min_area * (1 - 1e-9)), reverse=True)
+    return Count(count=len(kept), min_area_m2=float(min_area), region_areas_m2=kept)
+
+
+@dataclass
+class Existence(Result):
+    present: bool
+    regions: int
+    largest_m2: float
+    min_area_m2: float
+
+
+def existence(mask: Mask, min_area: float | None = None) -> Existence:
+    """Whether the class is present: at least one region of ``min_area`` m²."""
+    counted = count(mask, min_area)
+    largest = counted.region_areas_m2[0] if counted.region_areas_m2 else 0.0
+    return Existence(present=counted.count > 0, regions=counted.count, largest_m2=largest,
+                     min_area_m2=counted.min_area_m2)
+
+
+@dataclass
+class Location(Result):
+    position: str
+    centroid: tuple[float, float] | None
+    bbox: tuple[float, float, float, float] | None
+    relative_to: str | None = None
+    direction: str | None = None
+    bearing_deg: float | None = None
+
+
+def _centroid_px(mask: Mask) -> tuple[float, float] | None:
+    grid = mask.grid
+    total = sx = sy = 0.0
+    pixels = mask.counted
+    for window in grid.windows():
+        r0, c0 = int(window.row_off), int(window.col_off)
+        block = pixels[r0 : r0 + int(window.height), c0 : c0 + int(window.width)]
+        rows, cols = np.nonzero(block)
+        if not rows.size:
+            continue
+        area = np.broadcast_to(grid.pixel_area(window), block.shape)[rows, cols]
+        total += area.sum()
+        sx += float(np.sum((cols + c0 + 0.5) * area))
+        sy += float(np.sum((rows + r0 + 0.5) * area))
+    if total == 0:
+        return None
+    return sx / total, sy / total
+
+
+def _position_word(col: float, row: float, width: int, height: int) -> str:
+    third_x = min(2, int(3 * col / width))
+    third_y = min(2, int(3 * row / height))
+    vertical = ("north", "", "south")[third_y]
+    horizontal = ("west", "", "east")[third_x]
+    if not vertical and not horizontal:
+        return "centre"
+    return "-".join(p for p in (vertical, horizontal) if p)
+
+
+def _compass(bearing: float) -> str:
+    return COMPASS[int(((bearing % 360) + 22.5) // 45) % 8]
+
+
+def locate(mask: Mask, relative_to: Mask | None = None) -> Location:
+    """Where the class lies: its area-weighted centroid as a part of the image (north-west ...
+    centre ... south-east, for north-up grids), its lon/lat bounding box, and optionally the compass
+    direction from another class's centroid."""
+    grid = mask.grid
+    centre = _centroid_px(mask)
+    if centre is None:
+        return Location(position="absent", centroid=None, bbox=None)
+    rows, cols = np.nonzero(np.any(mask.counted, axis=1))[0], np.nonzero(np.any(mask.counted, axis=0))[0]
+    corners = [grid.pixel_lonlat(c, r) for c in (cols[0], cols[-1] + 1) for r in (rows[0], rows[-1] + 1)]
+    lons, lats = [c[0] for c in corners], [c[1] for c in corners]
+    result = Location(
+        position=_position_word(centre[0], centre[1], grid.width, grid.height),
+        centroid=grid.pixel_lonlat(*centre),
+        bbox=(min(lons), min(lats), max(lons), max(lats)),
+    )
+    if relative_to is not None:
+        _same_grid(mask, relative_to)
+        other = _centroid_px(relative_to)
+        if other is not None:
+            lon1, lat1 = grid.pixel_lonlat(*other)
+            lon2, lat2 = result.centroid
+            bearing = float(grid.geod.inv(lon1, lat1, lon2, lat2)[0]) % 360
+            result.relative_to = relative_to.label
+            result.direction = _compass(bearing)
+            result.bearing_deg = bearing
+    return result
+
+
+@dataclass
+class Change(Result):
+    area_t1_m2: float
+    area_t2_m2: float
+    gain_m2: float
+    loss_m2: float
+    net_m2: float
+    percent: float
+    common_valid_m2: float
+
+
+def change(before: Mask, after: Mask) -> Change:
+    """Gain, loss and net change of a class between two dates, over pixels valid at both."""
+    grid = _same_grid(before, after)
+    both = before.valid & after.valid
+    t1, t2 = before.data & both, after.data & both
+    area_t1, area_t2 = _area(grid, t1), _area(grid, t2)
+    gain, loss = _area(grid, t2 & ~t1), _area(grid, t1 & ~t2)
+    return Change(
+        area_t1_m2=area_t1,
+        area_t2_m2=area_t2,
+        gain_m2=gain,
+        loss_m2=loss,
+        net_m2=gain - loss,
+        percent=100.0 * (area_t2 - area_t1) / area_t1 if area_t1 else float("nan"),
+        common_valid_m2=_area(grid, both),
+    )

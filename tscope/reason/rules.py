@@ -1,0 +1,195 @@
+"""The declarative rules of ``models/spectral.toml`` and a safe evaluator for their expressions.
+
+Expressions are parsed with :mod:`ast` and only arithmetic, comparisons, ``& | ~``, numbers, names
+and ``log10`` are allowed, so a rules file can never run code.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import tomllib
+
+from tscope.errors import InputError
+
+_BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
+           ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or}
+_CMPOPS = {ast.Gt: np.greater, ast.GtE: np.greater_equal, ast.Lt: np.less, ast.LtE: np.less_equal,
+           ast.Eq: np.equal, ast.NotEq: np.not_equal}
+_FUNCS = {"log10": np.log10}
+
+
+def _check(node: ast.AST, where: str) -> None:
+    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Name, ast.Load, ast.Constant,
+               ast.Invert, ast.USub, ast.Call, *_BINOPS, *_CMPOPS)
+    for sub in ast.walk(node):
+        if not isinstance(sub, allowed):
+            raise ValueError(f"{where}: {type(sub).__name__} is not allowed in a rule expression")
+        if isinstance(sub, ast.Call) and not (isinstance(sub.func, ast.Name) and sub.func.id in _FUNCS):
+            raise ValueError(f"{where}: only {', '.join(_FUNCS)} may be called")
+
+
+def names_in(expr: ast.Expression) -> set[str]:
+    return {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id not in _FUNCS}
+
+
+def evaluate(expr: ast.Expression, env: Mapping[str, np.ndarray | float]) -> np.ndarray:
+    """Evaluate a checked expression over arrays in ``env`` (float math; NaN compares False)."""
+
+    def ev(node: ast.AST):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return env[node.id]
+        if isinstance(node, ast.UnaryOp):
+            value = ev(node.operand)
+            return np.logical_not(value) if isinstance(node.op, ast.Invert) else np.negative(value)
+        if isinstance(node, ast.BinOp):
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Compare):
+            left, result = ev(node.left), None
+            for op, comp in zip(node.ops, node.comparators, strict=True):
+                right = ev(comp)
+                part = _CMPOPS[type(op)](left, right)
+                result = part if result is None else np.logical_and(result, part)
+                left = right
+            return result
+        if isinstance(node, ast.Call):
+            return _FUNCS[node.func.id](*(ev(a) for a in node.args))
+        raise ValueError(f"unsupported node {type(node).__name__}")
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ev(expr)
+
+
+def compile_expression(text: str, where: str) -> ast.Expression:
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"{where}: {exc.msg} in {text!r}") from None
+    _check(tree, where)
+    return tree
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A per-scene threshold computed from the histogram of ``index`` over the valid pixels."""
+
+    name: str
+    index: str
+    method: str
+    range: tuple[float, float]
+    fallback: float
+
+
+@dataclass(frozen=True)
+class Rule:
+    cls: str
+    needs: tuple[str, ...]
+    expression: str
+    source: str
+    compiled: ast.Expression = field(repr=False, compare=False)
+    thresholds: tuple[Threshold, ...] = ()
+    same_as: tuple[str, ...] = ()
+
+    @property
+    def indices(self) -> set[str]:
+        return names_in(self.compiled) - set(self.needs) - {t.name for t in self.thresholds}
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    indices: dict[str, ast.Expression]
+    index_text: dict[str, str]
+    rules: tuple[Rule, ...]
+
+    def classes(self) -> list[str]:
+        out: list[str] = []
+        for rule in self.rules:
+            for name in (rule.cls, *rule.same_as):
+                if name not in out:
+                    out.append(name)
+        return out
+
+    def rule_for(self, cls: str, bands: set[str]) -> Rule:
+        """The first rule for ``cls`` whose bands the scene has, or an InputError saying why not."""
+        candidates = [r for r in self.rules if cls == r.cls or cls in r.same_as]
+        if not candidates:
+            raise InputError(
+                f"the spectral backend has no rule for {cls.replace('_', ' ')}; it maps "
+                + ", ".join(c.replace("_", " ") for c in self.classes())
+                + " (use --backend terrascope for other classes)"
+            )
+        for rule in candidates:
+            if set(rule.needs) <= bands:
+                return rule
+        need = min(candidates, key=lambda r: len(set(r.needs) - bands))
+        raise InputError(
+            f"{cls.replace('_', ' ')} needs {', '.join(sorted(set(need.needs) - bands))}; this scene has "
+            + ", ".join(sorted(bands))
+        )
+
+
+def _load(text: str, where: str) -> RuleSet:
+    spec = tomllib.loads(text)
+    index_text = dict(spec.get("indices", {}))
+    indices = {name: compile_expression(expr, f"{where} index {name}") for name, expr in index_text.items()}
+    rules = []
+    for i, raw in enumerate(spec.get("rule", [])):
+        label = f"{where} rule {i + 1} ({raw.get('class')})"
+        thresholds = tuple(
+            Threshold(name, t["index"], t.get("method", "otsu"), tuple(t["range"]), float(t["fallback"]))
+            for name, t in raw.get("threshold", {}).items()
+        )
+        rules.append(Rule(
+            cls=raw["class"], needs=tuple(raw["needs"]), expression=raw["expression"], source=raw["source"],
+            compiled=compile_expression(raw["expression"], label), thresholds=thresholds,
+            same_as=tuple(raw.get("same_as", ())),
+        ))
+    return RuleSet(indices, index_text, tuple(rules))
+
+
+@cache
+def default_rules() -> RuleSet:
+    return _load(resources.files("tscope.rules").joinpath("spectral.toml").read_text(), "spectral.toml")
+
+
+def load_rules(path: str | Path | None = None) -> RuleSet:
+    """The shipped rules, or those of a user's TOML file of the same shape."""
+    if path is None:
+        return default_rules()
+    path = Path(path)
+    try:
+        return _load(path.read_text(), path.name)
+    except (OSError, tomllib.TOMLDecodeError, KeyError, ValueError) as exc:
+        raise InputError(f"--rules {path}: {exc}") from None
+
+
+def otsu(values: np.ndarray, bins: int = 256, value_range: tuple[float, float] | None = None) -> float:
+    """Otsu's threshold of a 1-D sample (histogram based, so it also works on accumulated counts)."""
+    hist, edges = np.histogram(values, bins=bins, range=value_range)
+    return otsu_from_histogram(hist, edges)
+
+
+def otsu_from_histogram(hist: np.ndarray, edges: np.ndarray) -> float:
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight1 = np.cumsum(hist)
+    weight2 = weight1[-1] - weight1
+    mean_cum = np.cumsum(hist * centres)
+    total = mean_cum[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean1 = mean_cum / weight1
+        mean2 = (total - mean_cum) / weight2
+        between = weight1 * weight2 * (mean1 - mean2) ** 2
+    between = np.nan_to_num(between[:-1], nan=-1.0)
+    if between.max() <= 0:
+        return float("nan")
+    return float(edges[1:][np.argmax(between)])

@@ -1,0 +1,172 @@
+"""The embedded spectral backend: class masks from the index rules of ``models/spectral.toml``.
+
+It is an honest baseline, not the VLM: each class is a threshold on a published spectral index.
+The scene is read once, window by window; each window's bands feed every rule the question needs
+(plus the cloud rule), so memory holds one window of bands and one boolean image per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tscope.errors import InputError
+from tscope.geo.mask import Mask
+from tscope.geo.scene import Scene
+from tscope.reason.backend import Progress
+from tscope.reason.query import Query
+from tscope.reason.rules import Rule, RuleSet, evaluate, load_rules, otsu_from_histogram
+from tscope.reason.solve import solve
+from tscope.reason.trace import SEG, Number, Trace
+
+HIST_BINS = 1024
+
+
+class SpectralBackend:
+    name = "spectral"
+
+    def __init__(self, rules: RuleSet | str | None = None, block: int = 1024, mask_clouds: bool = True):
+        self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        self.block = block
+        self.mask_clouds = mask_clouds
+
+    # --- masks -------------------------------------------------------------------------------
+
+    def _select(self, scene: Scene, classes: Sequence[str]) -> tuple[dict[str, Rule], Rule | None]:
+        bands = set(scene.bands)
+        chosen = {cls: self.rules.rule_for(cls, bands) for cls in classes}
+        seen: dict[int, str] = {}
+        for cls, rule in chosen.items():
+            if id(rule) in seen:
+                raise InputError(
+                    f"the spectral backend cannot tell {seen[id(rule)].replace('_', ' ')} from"
+                    f" {cls.replace('_', ' ')} (one rule maps both): {rule.source}"
+                )
+            seen[id(rule)] = cls
+        cloud = None
+        if self.mask_clouds and "cloud" not in classes and scene.kind == "optical":
+            cloud = next((r for r in self.rules.rules if r.cls == "cloud" and set(r.needs) <= bands), None)
+        return chosen, cloud
+
+    def _env(self, bands: dict[str, np.ndarray], rules: Sequence[Rule], extra: dict) -> dict:
+        env: dict = dict(bands)
+        env.update(extra)
+        for rule in rules:
+            for name in rule.indices:
+                if name not in env:
+                    if name not in self.rules.indices:
+                        raise InputError(f"rule for {rule.cls} uses unknown index or band {name!r}")
+                    env[name] = evaluate(self.rules.indices[name], env)
+        return env
+
+    def _thresholds(self, scene: Scene, rules: Sequence[Rule], needs: list[str]) -> dict[str, float]:
+        """Per-scene thresholds (Otsu over the valid pixels), from histograms accumulated per window."""
+        specs = [t for r in rules for t in r.thresholds]
+        if not specs:
+            return {}
+        hists = {}
+        for spec in specs:
+            lo, hi = spec.range
+            width = hi - lo
+            edges = np.linspace(lo - 2 * width, hi + 2 * width, HIST_BINS + 1)
+            hists[spec.name] = (np.zeros(HIST_BINS, np.int64), edges)
+        for window in scene.grid.windows(self.block):
+            bands, valid = scene.read(needs, window)
+            env = self._env(bands, [], {})
+            for spec in specs:
+                if spec.index not in env:
+                    env[spec.index] = evaluate(self.rules.indices[spec.index], env)
+                values = env[spec.index][valid]
+                counts, edges = hists[spec.name]
+                counts += np.histogram(values[np.isfinite(values)], bins=edges)[0]
+        out = {}
+        for spec in specs:
+            counts, edges = hists[spec.name]
+            value = otsu_from_histogram(counts, edges) if counts.sum() else float("nan")
+            if not np.isfinite(value):
+                value = spec.fallback
+            out[spec.name] = float(np.clip(value, *spec.range))
+        return out
+
+    def masks_for(
+        self, scene: Scene, classes: Sequence[str], progress: Progress | None = None
+    ) -> tuple[dict[str, Mask], dict]:
+        """Boolean masks of ``classes`` on ``scene.grid`` plus statistics on nodata and clouds."""
+        rules, cloud_rule = self._select(scene, classes)
+        active = list(rules.values()) + ([cloud_rule] if cloud_rule else [])
+        needs = sorted({b for r in active for b in r.needs})
+        thresholds = self._thresholds(scene, active, needs)
+        shape = scene.grid.shape
+        data = {cls: np.zeros(shape, dtype=bool) for cls in classes}
+        valid_all = np.zeros(shape, dtype=bool)
+        nodata_px = cloud_px = 0
+        windows = list(scene.grid.windows(self.block))
+        for i, window in enumerate(windows):
+            bands, valid = scene.read(needs, window)
+            env = self._env(bands, active, thresholds)
+            rows = slice(int(window.row_off), int(window.row_off + window.height))
+            cols = slice(int(window.col_off), int(window.col_off + window.width))
+            nodata_px += int(valid.size - np.count_nonzero(valid))
+            if cloud_rule is not None:
+                cloudy = np.asarray(evaluate(cloud_rule.compiled, env), dtype=bool) & valid
+                cloud_px += int(np.count_nonzero(cloudy))
+                valid &= ~cloudy
+            valid_all[rows, cols] = valid
+            for cls, rule in rules.items():
+                data[cls][rows, cols] = np.asarray(evaluate(rule.compiled, env), dtype=bool) & valid
+            if progress:
+                progress(i + 1, len(windows))
+        total = shape[0] * shape[1]
+        stats = {
+            "nodata_percent": 100.0 * nodata_px / total,
+            "cloud_percent": 100.0 * cloud_px / total,
+            "cloud_rule": cloud_rule.source if cloud_rule else None,
+            "thresholds": thresholds,
+        }
+        if not valid_all.any():
+            what = "nodata or cloud" if cloud_px else "nodata"
+            raise InputError(f"{scene.path.name}: every pixel is {what}; nothing to measure")
+        masks = {
+            cls: Mask(data=data[cls], valid=valid_all, grid=scene.grid, label=cls, frame=scene.frame,
+                      source=rules[cls].source)
+            for cls in classes
+        }
+        return masks, stats
+
+    # --- reasoning ---------------------------------------------------------------------------
+
+    def reason(self, scenes: Sequence[Scene], query: Query, progress: Progress | None = None) -> Trace:
+        trace = Trace(question=query.question, query=query, backend=self.name,
+                      scenes=[s.describe() for s in scenes])
+        by_frame = {s.frame: s for s in scenes}
+        masks: dict[tuple[str, str], Mask] = {}
+        total_steps = len(query.frames)
+        for done, frame in enumerate(query.frames):
+            scene = by_frame[frame]
+
+            def sub_progress(i: int, n: int, done: int = done) -> None:
+                if progress:
+                    progress(done * n + i, total_steps * n)
+
+            frame_masks, stats = self.masks_for(scene, query.classes, sub_progress)
+            suffix = f"_{frame}" if len(query.frames) > 1 else ""
+            trace.numbers[f"nodata_percent{suffix}"] = Number(round(stats["nodata_percent"], 4), "%")
+            trace.numbers[f"cloud_percent{suffix}"] = Number(round(stats["cloud_percent"], 4), "%")
+            if stats["cloud_rule"]:
+                trace.notes.append(f"{frame}: clouds excluded by {stats['cloud_rule']}"
+                                   f" ({stats['cloud_percent']:.1f}% of pixels)")
+            elif scene.kind == "optical" and "cloud" not in query.classes:
+                trace.notes.append(f"{frame}: no cloud test possible with bands {', '.join(scene.bands)}")
+            if stats["nodata_percent"]:
+                trace.notes.append(f"{frame}: {stats['nodata_percent']:.1f}% of pixels are nodata and excluded")
+            for name, value in stats["thresholds"].items():
+                trace.numbers[f"threshold_{name}{suffix}"] = Number(round(value, 4))
+            for cls in query.classes:
+                mask = frame_masks[cls]
+                image = f"Image: {frame}. " if len(query.frames) > 1 else ""
+                trace.add_mask(mask, f"{image}I segment the {query.label(cls)} {SEG} ({mask.source}).")
+                masks[(cls, frame)] = mask
+        trace.notes.append("spectral backend: masks are index thresholds (models/spectral.toml), not the VLM")
+        solve(query, masks, trace)
+        return trace

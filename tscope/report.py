@@ -1,0 +1,139 @@
+"""Everything ``tscope ask`` writes for one question, from one Trace.
+
+``OUT/answer.md`` (with ``quicklook.png``), ``OUT/masks/<step>.tif`` (COG), ``OUT/masks.geojson``
+and ``OUT/answer.json``. ``answer.json`` is written last, so its presence marks a complete run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tscope.errors import InputError
+from tscope.geo import writers
+from tscope.geo.scene import Scene
+from tscope.reason.trace import Trace
+
+QUICKLOOK_SIDE = 1024
+COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240)]
+
+
+def default_out_dir(scene_path: str | Path, question: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", question.lower()).strip("-")[:48].rstrip("-") or "question"
+    return Path(f"{Path(scene_path).stem}_{slug}")
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    """Create ``out`` (or check it can be reused) before any work, so a bad --out fails fast."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if (out / "answer.json").exists() and not overwrite:
+        raise InputError(f"{out} already holds an answer; pass --overwrite to replace it")
+    try:
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+        probe = out / ".tscope-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _stretch(band: np.ndarray) -> np.ndarray:
+    finite = band[np.isfinite(band)]
+    if not finite.size:
+        return np.zeros(band.shape, np.uint8)
+    lo, hi = np.percentile(finite, [2, 98])
+    scaled = (band - lo) / (hi - lo if hi > lo else 1.0)
+    return (np.clip(np.nan_to_num(scaled), 0, 1) * 255).astype(np.uint8)
+
+
+def quicklook(scene: Scene, trace: Trace, frame: str) -> Image.Image:
+    """The scene (true colour where it can) with the frame's masks overlaid, at most 1024 px a side."""
+    if all(scene.has(b) for b in ("red", "green", "blue")):
+        bands = scene.read_overview(["red", "green", "blue"], QUICKLOOK_SIDE)
+        rgb = np.stack([_stretch(b) for b in bands], axis=-1)
+    else:
+        name = "vv" if scene.has("vv") else scene.bands[0]
+        band = scene.read_overview([name], QUICKLOOK_SIDE)[0]
+        if name in ("vv", "vh", "hh", "hv"):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                band = 10 * np.log10(band)
+        grey = _stretch(band)
+        rgb = np.stack([grey] * 3, axis=-1)
+    out = rgb.astype(np.float32)
+    h, w = rgb.shape[:2]
+    for i, (_, mask) in enumerate(trace.masks.items()):
+        if mask.frame != frame:
+            continue
+        rows = (np.arange(h) * mask.grid.height / h).astype(int)
+        cols = (np.arange(w) * mask.grid.width / w).astype(int)
+        small = mask.counted[np.ix_(rows, cols)]
+        colour = np.array(COLOURS[i % len(COLOURS)], np.float32)
+        out[small] = 0.45 * colour + 0.55 * out[small]
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, tuple]]) -> str:
+    lines = [f"# {trace.question}", "", f"**Answer:** {trace.answer}", ""]
+    for name in quicklooks:
+        lines += [f"![quicklook]({name})", ""]
+    if legend:
+        lines += ["| colour | mask | class | frame |", "|---|---|---|---|"]
+        for mask_id, file, colour in legend:
+            mask = trace.masks[mask_id]
+            hexc = "#{:02x}{:02x}{:02x}".format(*colour)
+            lines.append(f"| {hexc} | [{mask_id}]({file}) | {mask.label} | {mask.frame} |")
+        lines.append("")
+    lines += ["## Reasoning", ""]
+    for i, step in enumerate(trace.steps, start=1):
+        link = f" → [`{step.mask}`]({trace.outputs.get('mask:' + step.mask, '')})" if step.mask else ""
+        lines.append(f"{i}. {step.text}{link}")
+    lines += ["", "## Numbers", "", "| name | value | unit |", "|---|---|---|"]
+    for key, number in trace.numbers.items():
+        value = f"{number.value:,.4f}" if isinstance(number.value, float) else str(number.value)
+        lines.append(f"| {key} | {value} | {number.unit} |")
+    if trace.tiles:
+        lines += ["", "## Tiles", "", "| tile | window | answer |", "|---|---|---|"]
+        for tile in trace.tiles:
+            lines.append(f"| {tile.get('id')} | {tile.get('window')} | {tile.get('answer', '')} |")
+    lines += ["", "## Notes", ""]
+    lines += [f"- {note}" for note in trace.notes]
+    lines += ["", "## Scenes", ""]
+    for scene in trace.scenes:
+        lines.append(f"- {scene['frame']}: `{scene['path']}`, {scene['width']} x {scene['height']} px,"
+                     f" {scene['crs']}, bands {', '.join(scene['bands'])} (from {scene['band_source']})")
+    lines += ["", f"Backend: `{trace.backend}`. Outputs: `answer.json`, `masks.geojson`, `masks/*.tif`.", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str, str]:
+    """Write all outputs of ``trace`` into ``out`` (prepared by :func:`prepare_out_dir`)."""
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    features = []
+    legend = []
+    for i, (mask_id, mask) in enumerate(trace.masks.items()):
+        rel = f"masks/{mask_id}.tif"
+        writers.write_mask_cog(out / rel, mask)
+        trace.outputs[f"mask:{mask_id}"] = rel
+        legend.append((mask_id, rel, COLOURS[i % len(COLOURS)]))
+        features += writers.mask_features(mask, {"class": mask.label, "step": mask_id, "frame": mask.frame})
+    writers.write_geojson(out / "masks.geojson", features)
+    trace.outputs["geojson"] = "masks.geojson"
+    quicklooks = []
+    for scene in scenes:
+        name = "quicklook.png" if len(scenes) == 1 else f"quicklook_{scene.frame}.png"
+        image = quicklook(scene, trace, scene.frame)
+        with writers.atomic_path(out / name) as tmp:
+            image.save(tmp, format="PNG")
+        quicklooks.append(name)
+    trace.outputs["quicklook"] = ",".join(quicklooks)
+    trace.outputs["report"] = "answer.md"
+    trace.outputs["json"] = "answer.json"
+    writers.write_text(out / "answer.md", _markdown(trace, quicklooks, legend))
+    writers.write_json(out / "answer.json", trace.to_dict())
+    return trace.outputs
