@@ -6,6 +6,7 @@ and ``OUT/answer.json``. ``answer.json`` is written last, so its presence marks 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,18 +29,16 @@ def default_out_dir(scene_path: str | Path, question: str) -> Path:
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    """Create ``out`` (or check it can be reused) before any work, so a bad --out fails fast."""
+    """Check ``out`` can take the outputs before any work, creating nothing, so a bad --out fails fast."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     if (out / "answer.json").exists() and not overwrite:
         raise InputError(f"{out} already holds an answer; pass --overwrite to replace it")
-    try:
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        probe = out / ".tscope-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to --out {out}: {ancestor} is not a writable folder")
     return out
 
 

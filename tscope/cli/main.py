@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 
-import click
 import typer
 
 from tscope import __version__
@@ -65,19 +64,20 @@ def run(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="tscope", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("tscope: aborted", file=sys.stderr)
         return 130
-    except click.UsageError as exc:
-        path = exc.ctx.command_path if exc.ctx else "tscope"
-        hint = f" (see {path} --help)"
+    except typer.TyperException as exc:
+        # Typer's (vendored) click usage errors: bad options, missing arguments.
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            return 2
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         print(f"tscope: error: {exc.format_message()}{hint}", file=sys.stderr)
-        return 2
-    except click.ClickException as exc:
-        print(f"tscope: error: {exc.format_message()}", file=sys.stderr)
-        return exc.exit_code
+        return getattr(exc, "exit_code", 2)
     except TscopeError as exc:
         if debug:
             logging.getLogger("tscope").exception("failed")

@@ -42,7 +42,7 @@ class Grid:
         """(minx, miny, maxx, maxy) in the grid's CRS."""
         xs, ys = [], []
         for col, row in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height)):
-            x, y = self.transform * (col, row)
+            x, y = self.transform @ (col, row)
             xs.append(x)
             ys.append(y)
         return min(xs), min(ys), max(xs), max(ys)
@@ -82,7 +82,7 @@ class Grid:
                 yield Window(col, row, min(size, self.width - col), min(size, self.height - row))
 
     def centre_lonlat(self) -> tuple[float, float]:
-        x, y = self.transform * (self.width / 2, self.height / 2)
+        x, y = self.transform @ (self.width / 2, self.height / 2)
         lon, lat = self.to_lonlat.transform(x, y)
         return float(lon), float(lat)
 
@@ -102,7 +102,7 @@ class Grid:
         return areas
 
     def _areal_scale(self, col: float, row: float) -> float:
-        x, y = self.transform * (col, row)
+        x, y = self.transform @ (col, row)
         try:
             lon, lat = self.to_lonlat.transform(x, y)
             scale = Proj(self.pyproj_crs).get_factors(lon, lat).areal_scale
@@ -121,7 +121,7 @@ class Grid:
         nominal = abs(self.transform.determinant)
         if self.crs.is_geographic:
             # A rotated geographic grid: approximate by the local metric at the block centre.
-            lon, lat = self.transform * (window.col_off + window.width / 2, window.row_off + rows / 2)
+            lon, lat = self.transform @ (window.col_off + window.width / 2, window.row_off + rows / 2)
             dx = self.geod.line_length([lon, lon + 1e-6], [lat, lat]) / 1e-6
             dy = self.geod.line_length([lon, lon], [lat, lat + 1e-6]) / 1e-6
             return np.full((1, 1), nominal * dx * dy)
@@ -134,7 +134,7 @@ class Grid:
         lon_c, lat_c = self.centre_lonlat()
         t = self.transform
         c, r = self.width / 2, self.height / 2
-        pts = [t * (c, r), t * (c + 1, r), t * (c, r + 1)]
+        pts = [t @ (c, r), t @ (c + 1, r), t @ (c, r + 1)]
         lonlat = [self.to_lonlat.transform(x, y) for x, y in pts]
         dx = self.geod.line_length([lonlat[0][0], lonlat[1][0]], [lonlat[0][1], lonlat[1][1]])
         dy = self.geod.line_length([lonlat[0][0], lonlat[2][0]], [lonlat[0][1], lonlat[2][1]])
@@ -146,7 +146,7 @@ class Grid:
         Projected CRSs use their own coordinates (in metres); geographic ones an azimuthal
         equidistant projection centred on the grid, which keeps distances true near the centre.
         """
-        xs, ys = self.transform * (cols + 0.5, rows + 0.5)
+        xs, ys = self.transform @ (cols + 0.5, rows + 0.5)
         xs = np.asarray(xs, dtype=np.float64)
         ys = np.asarray(ys, dtype=np.float64)
         if self.crs.is_geographic:
@@ -157,7 +157,7 @@ class Grid:
         return np.column_stack([xs, ys]) * self._metre_factor
 
     def pixel_lonlat(self, col: float, row: float) -> tuple[float, float]:
-        x, y = self.transform * (col, row)
+        x, y = self.transform @ (col, row)
         lon, lat = self.to_lonlat.transform(x, y)
         return float(lon), float(lat)
 

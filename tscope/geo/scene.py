@@ -89,7 +89,7 @@ class Scene:
         g, n = self.grid, self.native
         if g.crs != n.crs or not np.allclose(list(g.transform)[:4], list(n.transform)[:4]):
             return None
-        col, row = ~n.transform * (g.transform.c, g.transform.f)
+        col, row = ~n.transform @ (g.transform.c, g.transform.f)
         if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
             return None
         return Window(window.col_off + round(col), window.row_off + round(row), window.width, window.height)
@@ -307,7 +307,7 @@ def analysis_grid(scenes: Sequence[Scene]) -> Grid:
     row1 = min(first.height, int(window.row_off + window.height))
     if col1 <= col0 or row1 <= row0:
         raise InputError("the scenes overlap by less than one pixel")
-    transform = first.transform * Affine.translation(col0, row0)
+    transform = first.transform @ Affine.translation(col0, row0)
     return Grid(crs=first.crs, transform=transform, width=col1 - col0, height=row1 - row0)
 
 

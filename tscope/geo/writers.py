@@ -18,7 +18,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.features import shapes
 from rasterio.io import MemoryFile
-from shapely import geometry, ops
+from shapely import geometry, make_valid, ops
 
 from tscope.geo.mask import Mask
 
@@ -92,8 +92,11 @@ def mask_features(mask: Mask, properties: dict) -> list[dict]:
         return []
     to_wgs84 = grid.to_lonlat
     features = []
-    for geom, _ in shapes(pixels.view(np.uint8), mask=pixels, transform=grid.transform, connectivity=8):
+    # 4-connectivity: 8-connected pixel shapes produce rings that touch themselves (invalid polygons).
+    for geom, _ in shapes(pixels.view(np.uint8), mask=pixels, transform=grid.transform, connectivity=4):
         poly = ops.transform(to_wgs84.transform, geometry.shape(geom))
+        if not poly.is_valid:
+            poly = make_valid(poly)
         area, _ = grid.geod.geometry_area_perimeter(poly)
         features.append({
             "type": "Feature",

@@ -192,4 +192,7 @@ def otsu_from_histogram(hist: np.ndarray, edges: np.ndarray) -> float:
     between = np.nan_to_num(between[:-1], nan=-1.0)
     if between.max() <= 0:
         return float("nan")
-    return float(edges[1:][np.argmax(between)])
+    # Between two well-separated modes every empty bin gives the same split: take the middle of
+    # that plateau rather than its first bin, so the threshold sits in the valley.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(np.mean(edges[1:][best]))

@@ -169,4 +169,11 @@ class SpectralBackend:
                 masks[(cls, frame)] = mask
         trace.notes.append("spectral backend: masks are index thresholds (models/spectral.toml), not the VLM")
         solve(query, masks, trace)
+        excluded = max(
+            float(trace.numbers[k].value) + float(trace.numbers[k.replace("cloud", "nodata")].value)
+            for k in trace.numbers if k.startswith("cloud_percent")
+        )
+        if excluded > 50:
+            # Say it in the answer itself: a number over a sliver of the scene is easy to misread.
+            trace.answer += f" Caution: {excluded:.0f}% of the scene is nodata or cloud and was not counted."
         return trace

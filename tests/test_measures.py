@@ -1,0 +1,177 @@
+"""measures against values computed by hand on small masks, in projected and geographic CRSs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from affine import Affine
+from pyproj import CRS
+
+from tscope.geo.grid import Grid
+from tscope.geo.mask import Mask
+from tscope.reason import measures
+
+# A 10 m grid in UTM 33N on its central meridian (15°E), where the areal scale factor is 0.9996².
+UTM = Grid(CRS.from_epsg(32633), Affine(10, 0, 500000, 0, -10, 5_000_000), 20, 10)
+K0 = 0.9996
+
+
+def mask(grid: Grid, pixels: list[tuple[int, int]] | np.ndarray, label: str = "a", valid=None) -> Mask:
+    data = np.zeros(grid.shape, bool)
+    if isinstance(pixels, np.ndarray):
+        data = pixels.astype(bool)
+    else:
+        for r, c in pixels:
+            data[r, c] = True
+    valid = np.ones(grid.shape, bool) if valid is None else valid
+    return Mask(data=data, valid=valid, grid=grid, label=label)
+
+
+def test_area_and_coverage_projected():
+    m = mask(UTM, [(0, 0), (0, 1), (5, 5)])
+    # 3 pixels of 100 m² on the map = 300 / k0² m² on the ground.
+    assert measures.area_m2(m) == pytest.approx(300 / K0**2, rel=1e-4)
+    cov = measures.coverage(m)
+    assert cov.percent == pytest.approx(100 * 3 / 200, rel=1e-9)
+
+
+def test_nodata_is_never_counted():
+    valid = np.ones(UTM.shape, bool)
+    valid[:, 10:] = False  # half the image is nodata
+    data = np.zeros(UTM.shape, bool)
+    data[:, 5:15] = True  # 10 columns of class, 5 of them over nodata
+    m = Mask(data=data, valid=valid, grid=UTM, label="a")
+    assert measures.area_m2(m) == pytest.approx(50 * 100 / K0**2, rel=1e-4)
+    assert measures.coverage(m).percent == pytest.approx(50.0)
+
+
+def _ellipsoid_band_area(lat1: float, lat2: float, dlon: float) -> float:
+    """Area on the WGS84 ellipsoid between two parallels over dlon degrees (authalic formula)."""
+    a, f = 6378137.0, 1 / 298.257223563
+    b = a * (1 - f)
+    e = math.sqrt(1 - (b / a) ** 2)
+
+    def q(phi: float) -> float:
+        s = math.sin(phi)
+        return s / (1 - e * e * s * s) + math.log((1 + e * s) / (1 - e * s)) / (2 * e)
+
+    return abs(math.radians(dlon) * b * b / 2 * (q(math.radians(lat2)) - q(math.radians(lat1))))
+
+
+def test_area_geographic_is_geodesic():
+    # 0.01° pixels at 60°N: an equal-angle pixel there covers about half the ground of one at the equator.
+    grid = Grid(CRS.from_epsg(4326), Affine(0.01, 0, 10.0, 0, -0.01, 60.05), 10, 10)
+    data = np.zeros(grid.shape, bool)
+    data[2:4, :] = True  # rows 2 and 3: latitudes 60.03 .. 60.01, full width 0.1°
+    m = mask(grid, data)
+    expected = _ellipsoid_band_area(60.01, 60.03, 0.1)
+    assert measures.area_m2(m) == pytest.approx(expected, rel=1e-6)
+    equator = Grid(CRS.from_epsg(4326), Affine(0.01, 0, 10.0, 0, -0.01, 0.05), 10, 10)
+    ratio = measures.area_m2(m) / measures.area_m2(mask(equator, data))
+    assert ratio == pytest.approx(math.cos(math.radians(60.02)), rel=2e-2)  # the ellipsoid adds ~1%
+
+
+def test_distance_edge_to_edge():
+    a = mask(UTM, [(3, 2)], "a")
+    b = mask(UTM, [(3, 8)], "b")
+    # Columns 2 and 8: five empty pixels between them = 50 m on the map.
+    d = measures.distance(a, b)
+    assert d.metres == pytest.approx(50 / K0, rel=1e-3)
+    diagonal = measures.distance(mask(UTM, [(0, 0)]), mask(UTM, [(4, 3)], "b"))
+    # Gap of 3 rows and 2 columns between the facing corners.
+    assert diagonal.metres == pytest.approx(math.hypot(30, 20) / K0, rel=1e-3)
+
+
+def test_distance_zero_when_touching_and_nan_when_absent():
+    assert measures.distance(mask(UTM, [(1, 1)]), mask(UTM, [(1, 2)], "b")).metres == 0
+    assert math.isnan(measures.distance(mask(UTM, []), mask(UTM, [(1, 2)], "b")).metres)
+
+
+def test_distance_geographic():
+    grid = Grid(CRS.from_epsg(4326), Affine(0.001, 0, 10.0, 0, -0.001, 45.0), 50, 50)
+    a = mask(grid, [(10, 10)])
+    b = mask(grid, [(10, 30)], "b")
+    d = measures.distance(a, b)
+    from pyproj import Geod
+
+    lat = 45.0 - 0.0105
+    expected = Geod(ellps="WGS84").inv(10.011, lat, 10.030, lat)[2]
+    assert d.metres == pytest.approx(expected, rel=1e-3)
+
+
+def test_adjacency_and_shared_boundary():
+    data_a = np.zeros(UTM.shape, bool)
+    data_a[:, :5] = True
+    data_b = np.zeros(UTM.shape, bool)
+    data_b[2:6, 5:9] = True  # touches A along 4 pixel edges
+    r = measures.adjacency(mask(UTM, data_a), mask(UTM, data_b, "b"))
+    assert r.borders
+    assert r.shared_boundary_m == pytest.approx(40, rel=1e-3)
+    diagonal_only = measures.adjacency(mask(UTM, [(0, 0)]), mask(UTM, [(1, 1)], "b"))
+    assert not diagonal_only.borders
+
+
+def test_count_with_minimum_size():
+    data = np.zeros(UTM.shape, bool)
+    data[0:2, 0:2] = True  # 4 px region
+    data[5, 5] = True  # 1 px region
+    data[7:10, 10:13] = True  # 9 px region
+    data[0, 19] = data[1, 18] = True  # diagonal neighbours: one 8-connected 2 px region
+    m = mask(UTM, data)
+    assert measures.count(m, min_area=0).count == 4
+    assert measures.count(m, min_area=350).count == 2  # 4 px (400 m²) and 9 px
+    default = measures.count(m)  # default: at least 4 pixels
+    assert default.count == 2
+    assert default.region_areas_m2[0] == pytest.approx(900 / K0**2, rel=1e-4)
+
+
+def test_existence():
+    assert not measures.existence(mask(UTM, [(0, 0)])).present  # one pixel is noise
+    assert measures.existence(mask(UTM, [(0, 0)]), min_area=0).present
+
+
+def test_locate_parts_and_relative_direction():
+    nw = mask(UTM, [(0, 0), (1, 1)])
+    assert measures.locate(nw).position == "north-west"
+    se = mask(UTM, [(9, 19)], "b")
+    assert measures.locate(se).position == "south-east"
+    centre = mask(UTM, [(5, 10)])
+    assert measures.locate(centre).position == "centre"
+    rel = measures.locate(se, relative_to=nw)
+    assert rel.direction == "south-east"
+    assert 90 < rel.bearing_deg < 180
+    assert measures.locate(mask(UTM, [])).position == "absent"
+
+
+def test_change_counts_only_pixels_valid_at_both_dates():
+    before = np.zeros(UTM.shape, bool)
+    before[0:5, 0:10] = True  # 50 px
+    after = np.zeros(UTM.shape, bool)
+    after[0:5, 5:15] = True  # 50 px, 25 shared
+    valid_after = np.ones(UTM.shape, bool)
+    valid_after[0, :] = False  # a cloud row at t2 hides 10 px of before and 10 of after
+    t1 = Mask(before, np.ones(UTM.shape, bool), UTM, "water", "t1")
+    t2 = Mask(after, valid_after, UTM, "water", "t2")
+    r = measures.change(t1, t2)
+    px = 100 / K0**2
+    assert r.area_t1_m2 == pytest.approx(40 * px, rel=1e-4)
+    assert r.area_t2_m2 == pytest.approx(40 * px, rel=1e-4)
+    assert r.gain_m2 == pytest.approx(20 * px, rel=1e-4)
+    assert r.loss_m2 == pytest.approx(20 * px, rel=1e-4)
+    assert r.net_m2 == pytest.approx(0, abs=1e-6)
+
+
+def test_compare():
+    a = mask(UTM, [(0, 0), (0, 1), (0, 2)], "forest")
+    b = mask(UTM, [(5, 5)], "water")
+    r = measures.compare(a, b)
+    assert r.larger == "forest"
+    assert r.ratio == pytest.approx(3)
+
+
+def test_masks_on_different_grids_are_refused():
+    other = Grid(UTM.crs, Affine(20, 0, 500000, 0, -20, 5_000_000), 20, 10)
+    with pytest.raises(ValueError):
+        measures.compare(mask(UTM, [(0, 0)]), mask(other, [(0, 0)], "b"))

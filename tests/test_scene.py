@@ -1,0 +1,90 @@
+"""Reading scenes: band identification, scaling to physical values, SAR formats, pairs on one grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from tscope.errors import InputError
+from tscope.geo.scene import ReadOptions, open_scene, open_scenes
+
+
+def test_band_descriptions_and_reflectance(slovenia):
+    scene = open_scene(slovenia)
+    assert scene.band_map.source == "band descriptions"
+    assert {"blue", "green", "red", "nir", "swir16", "swir22"} <= set(scene.bands)
+    bands, valid = scene.read(["red", "nir"], Window(0, 0, 100, 101))
+    with rasterio.open(slovenia) as src:
+        dn = src.read(4)
+    np.testing.assert_allclose(bands["red"], dn / 10000, rtol=1e-6)
+    assert valid.all()
+
+
+def test_l2a_offset_subtracts_baseline(slovenia):
+    plain = open_scene(slovenia).read(["red"], Window(0, 0, 5, 5))[0]["red"]
+    shifted = open_scene(slovenia, ReadOptions(l2a_offset=True)).read(["red"], Window(0, 0, 5, 5))[0]["red"]
+    np.testing.assert_allclose(plain - shifted, 0.1, atol=1e-6)
+
+
+def test_sensor_preset_and_explicit_bands(slovenia, naip):
+    by_preset = open_scene(slovenia, ReadOptions(sensor="s2-l1c"))
+    assert by_preset.band_map.indexes["swir16"] == 12
+    by_list = open_scene(naip, ReadOptions(bands="red,green,blue,nir"))
+    assert by_list.band_map.indexes == {"red": 1, "green": 2, "blue": 3, "nir": 4}
+    with pytest.raises(InputError, match="expects 12 bands"):
+        open_scene(naip, ReadOptions(sensor="s2-l2a"))
+    with pytest.raises(InputError, match="names 5 bands"):
+        open_scene(naip, ReadOptions(bands="red,green,blue,nir,swir16"))
+
+
+def test_uint8_scaled_to_unit_range(naip):
+    scene = open_scene(naip)
+    bands, _ = scene.read(["nir"], Window(0, 0, 50, 50))
+    assert 0 <= bands["nir"].min() and bands["nir"].max() <= 1
+
+
+def test_complex_sar_becomes_linear_power(sar):
+    scene = open_scene(sar)
+    assert scene.kind == "sar" and scene.sar_format == "complex"
+    bands, valid = scene.read(["vv"], Window(0, 0, 200, 200))
+    with rasterio.open(sar) as src:
+        z = src.read(1)
+    np.testing.assert_allclose(bands["vv"], np.abs(z) ** 2, rtol=1e-5)
+    assert bands["vv"].dtype == np.float32
+
+
+def test_sar_in_db_is_detected(tmp_path, sar):
+    with rasterio.open(sar) as src:
+        z = src.read(1)
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="float32",
+                       crs=src.crs, transform=src.transform)
+    # Calibrated backscatter (sigma0) is below 1: scale the uncalibrated power like a calibration would.
+    power = np.abs(z) ** 2 / (np.abs(z) ** 2).max() + 1e-10
+    db = (10 * np.log10(power)).astype(np.float32)
+    path = tmp_path / "vv_db.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(db, 1)
+        dst.set_band_description(1, "VV")
+    scene = open_scene(path)
+    assert scene.sar_format == "db"
+    linear = scene.read(["vv"], Window(0, 0, 10, 10))[0]["vv"]
+    np.testing.assert_allclose(linear, power[:10, :10], rtol=1e-3)
+
+
+def test_joplin_pair_lands_on_one_grid(joplin_pair):
+    pre, post = open_scenes(joplin_pair)
+    assert pre.grid == post.grid
+    assert pre.grid.crs.to_epsg() == 26915
+    assert post.native.crs.to_epsg() == 4326
+    # The overlap is about half of each tile.
+    assert 0.3 < pre.grid.height / pre.native.height <= 1.0
+    bands, valid = post.read(["red", "green", "blue"], Window(0, 0, pre.grid.width, pre.grid.height))
+    assert bands["red"].shape == pre.grid.shape
+    assert valid.mean() > 0.9
+
+
+def test_pairs_that_do_not_overlap_are_refused(slovenia, naip):
+    with pytest.raises(InputError, match="do not overlap"):
+        open_scenes([slovenia, naip])
