@@ -163,3 +163,30 @@ def test_assume_crs_rescues_a_file_without_one(tmp_path):
                      "--out", tmp_path / "o", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["numbers"]["coverage_percent"]["value"] == pytest.approx(100.0)
+
+
+def test_example_batch_script_runs(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path / "repo"
+    (work / "examples").mkdir(parents=True)
+    for name in ("batch.sh", "slovenia_s2.tif"):
+        shutil.copy(root / "examples" / name, work / "examples" / name)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    launcher = bindir / "tscope"
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -m tscope \"$@\"\n")
+    launcher.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(work / "examples/batch.sh")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.strip().splitlines()
+    assert rows[0] == "scene,question,answer" and len(rows) == 5
+    assert "Forest covers" in rows[1]
+    assert (work / "results/slovenia_s2/q0/answer.json").is_file()

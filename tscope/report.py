@@ -113,15 +113,21 @@ def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, 
 def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str, str]:
     """Write all outputs of ``trace`` into ``out`` (prepared by :func:`prepare_out_dir`)."""
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    features = []
     legend = []
+    layers = []
     for i, (mask_id, mask) in enumerate(trace.masks.items()):
         rel = f"masks/{mask_id}.tif"
         writers.write_mask_cog(out / rel, mask)
         trace.outputs[f"mask:{mask_id}"] = rel
         legend.append((mask_id, rel, COLOURS[i % len(COLOURS)]))
-        features += writers.mask_features(mask, {"class": mask.label, "step": mask_id, "frame": mask.frame})
-    writers.write_geojson(out / "masks.geojson", features)
+        layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
+    factors = writers.write_geojson_features(out / "masks.geojson", layers)
+    coarse = {k: f for k, f in factors.items() if f > 1}
+    if coarse:
+        trace.notes.append(
+            "masks.geojson: large masks vectorised on a coarser grid (majority of each cell) to stay bounded: "
+            + ", ".join(f"{k} {f}x{f} px" for k, f in coarse.items()) + "; the GeoTIFF masks are full resolution"
+        )
     trace.outputs["geojson"] = "masks.geojson"
     quicklooks = []
     for scene in scenes:

@@ -22,6 +22,7 @@ from tscope.errors import TscopeError
 # name -> module; keep sorted by how users meet them.
 COMMANDS = {
     "ask": "tscope.cli.ask",
+    "fetch": "tscope.cli.fetch", "stack": "tscope.cli.stack", "batch": "tscope.cli.batch",
 }
 
 app = typer.Typer(
@@ -61,6 +62,9 @@ for _name, _module in COMMANDS.items():
 def run(argv: list[str] | None = None) -> int:
     """Console-script entry: one line on stderr for any failure, and the exit code that says why."""
     debug = bool(os.environ.get("TSCOPE_DEBUG"))
+    # Scenes are read once, window by window: GDAL's default block cache (5% of RAM) would only add
+    # resident memory. Users can still set their own.
+    os.environ.setdefault("GDAL_CACHEMAX", "128")
     try:
         app(args=argv, prog_name="tscope", standalone_mode=False)
         return 0

@@ -8,6 +8,7 @@ The scene is read once, window by window; each window's bands feed every rule th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,10 +27,12 @@ HIST_BINS = 1024
 class SpectralBackend:
     name = "spectral"
 
-    def __init__(self, rules: RuleSet | str | None = None, block: int = 1024, mask_clouds: bool = True):
+    def __init__(self, rules: RuleSet | str | None = None, block: int = 1024, mask_clouds: bool = True,
+                 workers: int = 2):
         self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
         self.block = block
         self.mask_clouds = mask_clouds
+        self.workers = max(1, workers)
 
     # --- masks -------------------------------------------------------------------------------
 
@@ -102,21 +105,33 @@ class SpectralBackend:
         valid_all = np.zeros(shape, dtype=bool)
         nodata_px = cloud_px = 0
         windows = list(scene.grid.windows(self.block))
-        for i, window in enumerate(windows):
+
+        def classify(window):
             bands, valid = scene.read(needs, window)
             env = self._env(bands, active, thresholds)
-            rows = slice(int(window.row_off), int(window.row_off + window.height))
-            cols = slice(int(window.col_off), int(window.col_off + window.width))
-            nodata_px += int(valid.size - np.count_nonzero(valid))
+            nodata = int(valid.size - np.count_nonzero(valid))
+            cloudy = 0
             if cloud_rule is not None:
-                cloudy = np.asarray(evaluate(cloud_rule.compiled, env), dtype=bool) & valid
-                cloud_px += int(np.count_nonzero(cloudy))
-                valid &= ~cloudy
-            valid_all[rows, cols] = valid
-            for cls, rule in rules.items():
-                data[cls][rows, cols] = np.asarray(evaluate(rule.compiled, env), dtype=bool) & valid
-            if progress:
-                progress(i + 1, len(windows))
+                cloud = np.asarray(evaluate(cloud_rule.compiled, env), dtype=bool) & valid
+                cloudy = int(np.count_nonzero(cloud))
+                valid &= ~cloud
+            classes_here = {cls: np.asarray(evaluate(rule.compiled, env), dtype=bool) & valid
+                            for cls, rule in rules.items()}
+            return window, valid, nodata, cloudy, classes_here
+
+        # Two windows in flight: GDAL decompression and numpy release the GIL, so reading one window
+        # overlaps computing the other.
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for i, (window, valid, nodata, cloudy, classes_here) in enumerate(pool.map(classify, windows)):
+                rows = slice(int(window.row_off), int(window.row_off + window.height))
+                cols = slice(int(window.col_off), int(window.col_off + window.width))
+                nodata_px += nodata
+                cloud_px += cloudy
+                valid_all[rows, cols] = valid
+                for cls, block in classes_here.items():
+                    data[cls][rows, cols] = block
+                if progress:
+                    progress(i + 1, len(windows))
         total = shape[0] * shape[1]
         stats = {
             "nodata_percent": 100.0 * nodata_px / total,
