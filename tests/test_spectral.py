@@ -99,3 +99,38 @@ def test_pair_change_on_real_joplin_tiles(joplin_pair):
 def test_rule_expressions_cannot_run_code(bad):
     with pytest.raises(ValueError):
         compile_expression(bad, "test")
+
+
+def test_scl_clouds_are_excluded_and_reported(tmp_path, slovenia):
+    # The real scene as a Sentinel-2 L2A-style file: its bands plus an SCL band that marks the
+    # top-left quarter as cloud (9) and one row as cloud shadow (3).
+    with rasterio.open(slovenia) as src:
+        data = src.read()
+        profile = src.profile | {"count": src.count + 1, "driver": "GTiff"}
+        descriptions = (*src.descriptions, "scl")
+    scl = np.full(data.shape[1:], 4, np.uint16)  # 4 = vegetation
+    scl[:50, :50] = 9
+    scl[80, :] = 3
+    path = tmp_path / "l2a.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.concatenate([data, scl[None]]))
+        dst.descriptions = descriptions
+    backend = SpectralBackend()
+    masks, stats = backend.masks_for(open_scene(path), ["forest"])
+    cloud = (scl == 9) | (scl == 3)
+    assert stats["cloud_percent"] == pytest.approx(100 * cloud.mean())
+    assert "scene classification" in stats["cloud_rule"]
+    np.testing.assert_array_equal(masks["forest"].valid, ~cloud)
+    trace = backend.reason([open_scene(path)], parse_query("What percentage is forest?"))
+    forest = masks["forest"].data
+    assert trace.numbers["coverage_percent"].value == pytest.approx(
+        100 * np.count_nonzero(forest & ~cloud) / np.count_nonzero(~cloud), rel=1e-3)
+
+
+def test_windowed_processing_does_not_depend_on_the_window_size(naip):
+    scene = open_scene(naip)
+    whole, _ = SpectralBackend(block=1024).masks_for(scene, ["vegetation"])
+    tiled, _ = SpectralBackend(block=96, workers=2).masks_for(scene, ["vegetation"])
+    assert whole["vegetation"].data.any()
+    np.testing.assert_array_equal(whole["vegetation"].data, tiled["vegetation"].data)
+    np.testing.assert_array_equal(whole["vegetation"].valid, tiled["vegetation"].valid)

@@ -39,35 +39,39 @@ def names_in(expr: ast.Expression) -> set[str]:
     return {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id not in _FUNCS}
 
 
+def _eval(node: ast.AST, env: Mapping[str, np.ndarray | float]):
+    if isinstance(node, ast.Expression):
+        return _eval(node.body, env)
+    if isinstance(node, ast.Constant):
+        return float(node.value)
+    if isinstance(node, ast.Name):
+        return env[node.id]
+    if isinstance(node, ast.UnaryOp):
+        value = _eval(node.operand, env)
+        return np.logical_not(value) if isinstance(node.op, ast.Invert) else np.negative(value)
+    if isinstance(node, ast.BinOp):
+        return _BINOPS[type(node.op)](_eval(node.left, env), _eval(node.right, env))
+    if isinstance(node, ast.Compare):
+        left, result = _eval(node.left, env), None
+        for op, comp in zip(node.ops, node.comparators, strict=True):
+            right = _eval(comp, env)
+            part = _CMPOPS[type(op)](left, right)
+            result = part if result is None else np.logical_and(result, part)
+            left = right
+        return result
+    if isinstance(node, ast.Call):
+        return _FUNCS[node.func.id](*(_eval(a, env) for a in node.args))
+    raise ValueError(f"unsupported node {type(node).__name__}")
+
+
 def evaluate(expr: ast.Expression, env: Mapping[str, np.ndarray | float]) -> np.ndarray:
-    """Evaluate a checked expression over arrays in ``env`` (float math; NaN compares False)."""
+    """Evaluate a checked expression over arrays in ``env`` (float math; NaN compares False).
 
-    def ev(node: ast.AST):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant):
-            return float(node.value)
-        if isinstance(node, ast.Name):
-            return env[node.id]
-        if isinstance(node, ast.UnaryOp):
-            value = ev(node.operand)
-            return np.logical_not(value) if isinstance(node.op, ast.Invert) else np.negative(value)
-        if isinstance(node, ast.BinOp):
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.Compare):
-            left, result = ev(node.left), None
-            for op, comp in zip(node.ops, node.comparators, strict=True):
-                right = ev(comp)
-                part = _CMPOPS[type(op)](left, right)
-                result = part if result is None else np.logical_and(result, part)
-                left = right
-            return result
-        if isinstance(node, ast.Call):
-            return _FUNCS[node.func.id](*(ev(a) for a in node.args))
-        raise ValueError(f"unsupported node {type(node).__name__}")
-
+    A module-level recursive function, not a closure: a self-referencing closure would be a
+    reference cycle holding every window's arrays until the cyclic garbage collector runs.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
-        return ev(expr)
+        return _eval(expr, env)
 
 
 def compile_expression(text: str, where: str) -> ast.Expression:
