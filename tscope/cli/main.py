@@ -22,7 +22,9 @@ from tscope.errors import TscopeError
 # name -> module; keep sorted by how users meet them.
 COMMANDS = {
     "ask": "tscope.cli.ask",
-    "fetch": "tscope.cli.fetch", "stack": "tscope.cli.stack", "batch": "tscope.cli.batch",
+    "fetch": "tscope.cli.fetch",
+    "stack": "tscope.cli.stack",
+    "batch": "tscope.cli.batch",
 }
 
 app = typer.Typer(

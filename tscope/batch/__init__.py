@@ -1,0 +1,1 @@
+"""Resumable batch runs over many AOIs on Dask: fetch -> stack -> ask per AOI (see :mod:`.run`)."""

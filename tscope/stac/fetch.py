@@ -1,0 +1,120 @@
+"""``fetch``: search a STAC API and write one COG per scene on the AOI grid, with a sidecar JSON.
+
+``OUT/<date>_<item id>.tif``: the scene's bands on the AOI grid (band descriptions are common names,
+stored integers with per-band scale/offset, nodata set, ``scl`` when fetched);
+``OUT/<date>_<item id>.json``: the STAC item ids, the query, the catalogue and the tscope version,
+enough to reproduce the file; ``OUT/fetch.json``: the list of scenes, written last.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tscope import __version__
+from tscope.errors import InputError
+from tscope.geo.stack import grid_dict, write_array_cog
+from tscope.geo.writers import write_json
+from tscope.stac.catalogs import gdal_credentials, resolve_catalog
+from tscope.stac.http import NetworkPolicy
+from tscope.stac.load import LoadOptions, aoi_grid, group_items, load_scene
+from tscope.stac.names import safe_name
+from tscope.stac.search import SearchRequest, item_summary, search
+
+log = logging.getLogger("tscope")
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    search: SearchRequest
+    load: LoadOptions = LoadOptions()
+
+    def to_dict(self) -> dict:
+        return {"search": self.search.to_dict(), "load": self.load.to_dict()}
+
+
+def read_aoi(path: str | Path) -> dict:
+    """The union of a vector file's geometries as one GeoJSON geometry in EPSG:4326."""
+    import geopandas as gpd
+    from shapely.geometry import mapping
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--aoi {path}: no such file")
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # noqa: BLE001 - pyogrio raises several types for unreadable files
+        raise InputError(f"--aoi {path}: not a vector file ({exc})") from None
+    if frame.empty:
+        raise InputError(f"--aoi {path} holds no geometry")
+    if frame.crs is None:
+        frame = frame.set_crs("EPSG:4326")
+    geom = frame.to_crs("EPSG:4326").geometry.union_all()
+    if geom.is_empty or geom.area == 0:
+        raise InputError(f"--aoi {path}: the AOI must be a polygon with an area")
+    return dict(mapping(geom))
+
+
+def scene_name(group: list[Any]) -> str:
+    from tscope.stac.load import solar_date
+
+    return f"{solar_date(group[0])}_{safe_name(group[0].id)}"
+
+
+def list_items(request: SearchRequest, policy: NetworkPolicy | None = None) -> list[dict]:
+    return [item_summary(i) for i in search(request, policy)]
+
+
+def fetch(request: FetchRequest, out: str | Path, *, overwrite: bool = False, policy: NetworkPolicy | None = None,
+          progress: Callable[[int, int], None] | None = None, items: list[Any] | None = None) -> dict:
+    """Search (unless ``items`` are given), load and write every scene; returns the ``fetch.json`` record."""
+    policy = policy or NetworkPolicy()
+    catalog = resolve_catalog(request.search.catalog)
+    gdal_options = policy.gdal_options() | gdal_credentials(catalog)  # missing credentials fail before searching
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    grid = aoi_grid(request.search.geometry, request.load)
+    found = items if items is not None else search(request.search, policy)
+    groups = group_items(found, request.load.bands)
+    names = [scene_name(g) for g in groups]
+    if not overwrite:
+        taken = [n for n in names if (out / f"{n}.tif").exists()]
+        if taken:
+            raise InputError(f"{out / (taken[0] + '.tif')} exists; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    query = request.to_dict()
+    scenes = []
+    for done, (group, name) in enumerate(zip(groups, names, strict=True)):
+        log.info("loading %s (%d item(s))", name, len(group))
+        scene = load_scene(group, request.search.geometry, grid, request.load, gdal_options)
+        tags = {"ACQUISITION": scene.date, "STAC_ITEMS": ",".join(i.id for i in group),
+                "COLLECTION": query["search"]["collection"], "CATALOG": catalog.url,
+                "SOFTWARE": f"tscope {__version__}"}
+        tif = write_array_cog(out / f"{name}.tif", scene.data, grid, scene.names, scene.nodata,
+                              scales=scene.scales, offsets=scene.offsets, tags=tags)
+        record = {
+            "tscope_version": __version__,
+            "file": tif.name,
+            "date": scene.date,
+            "items": [item_summary(i) for i in group],
+            "query": query,
+            "grid": grid_dict(grid),
+            "bands": [{"name": n, "scale": s, "offset": o}
+                      for n, s, o in zip(scene.names, scene.scales, scene.offsets, strict=True)],
+            "nodata": None if scene.nodata != scene.nodata else scene.nodata,
+            "aoi_cloud_percent": scene.cloud_percent,
+            "aoi_nodata_percent": scene.nodata_percent,
+        }
+        write_json(out / f"{name}.json", record)
+        scenes.append({"file": tif.name, "sidecar": f"{name}.json", "date": scene.date,
+                       "items": [i.id for i in group], "aoi_cloud_percent": scene.cloud_percent,
+                       "aoi_nodata_percent": scene.nodata_percent})
+        if progress:
+            progress(done + 1, len(groups))
+    summary = {"tscope_version": __version__, "query": query, "grid": grid_dict(grid), "scenes": scenes}
+    write_json(out / "fetch.json", summary)
+    return summary

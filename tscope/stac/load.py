@@ -1,0 +1,335 @@
+"""Load STAC items onto an AOI grid with odc-stac, and turn them into scene COGs tscope reads.
+
+Per scene (the items of one solar day that share a DN scaling) this reads only the AOI's pixels of
+each COG asset (HTTP range requests), resamples reflectance and backscatter bilinearly and the
+Sentinel-2 scene classification (SCL) with nearest neighbour, and keeps the stored integers: the
+written COG carries each band's scale/offset, which :func:`tscope.geo.scene.open_scene` honours.
+
+The Sentinel-2 L2A reflectance offset: from processing baseline 04.00 (2022-01-25) ESA stores
+reflectance as ``(DN - 1000) / 10000``. Earth Search marks items whose DNs it already shifted back
+with ``earthsearch:boa_offset_applied: true``; only items without that mark, on baseline >= 04.00,
+get the -0.1 offset. It is applied exactly once, whatever ``raster:bands`` says besides.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from tscope.errors import InputError, RuntimeFailure
+from tscope.geo.bands import COMMON_NAMES, SAR_NAMES, normalise_band_name
+from tscope.geo.grid import Grid
+
+S2_DEFAULT_BANDS = ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+                    "swir16", "swir22", "scl")
+SAR_DEFAULT_BANDS = ("vv", "vh")
+CATEGORICAL = frozenset({"scl"})
+SCL_CLOUD = (3, 8, 9, 10)  # cloud shadow, cloud medium / high probability, thin cirrus
+L2A_BASELINE_OFFSET = -0.1  # -1000 DN at the 1e-4 scale
+RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med")
+_IMAGE_TYPES = ("image/tiff", "image/jp2", "image/vnd.stac.geotiff", "application/x-geotiff")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How items become pixels: the AOI grid (CRS, pixel size), bands, resampling, cloud masking.
+
+    ``crs`` None: the UTM zone of the AOI centre; ``resolution`` in CRS units (metres for UTM).
+    ``bands`` None: every common name of :data:`S2_DEFAULT_BANDS` / :data:`SAR_DEFAULT_BANDS` found.
+    """
+
+    crs: str | None = None
+    resolution: float = 10.0
+    bands: tuple[str, ...] | None = None
+    resampling: str = "bilinear"
+    mask_clouds: bool = False
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.resolution or self.resolution <= 0 or not math.isfinite(self.resolution):
+            raise InputError("--resolution must be a positive number of CRS units")
+        if self.resampling not in RESAMPLING:
+            raise InputError(f"--resampling must be one of {', '.join(RESAMPLING)}")
+        for name in self.bands or ():
+            if name not in COMMON_NAMES:
+                raise InputError(f"--bands: {name!r} is not a band common name ({', '.join(COMMON_NAMES)})")
+
+    def to_dict(self) -> dict:
+        return {"crs": self.crs, "resolution": self.resolution, "bands": list(self.bands) if self.bands else None,
+                "resampling": self.resampling, "categorical_resampling": "nearest",
+                "mask_clouds": self.mask_clouds, "clip": self.clip}
+
+
+# --- assets and scaling ----------------------------------------------------------------------
+
+
+def _asset_common_name(key: str, asset: Any) -> str | None:
+    fields = asset.extra_fields
+    bands = fields.get("eo:bands") or fields.get("bands") or []
+    if len(bands) == 1:
+        common = bands[0].get("common_name") or bands[0].get("eo:common_name")
+        if common in COMMON_NAMES:
+            return common
+    for candidate in (key, key.split("_")[0], key.split("-")[0] if key.endswith("-cog") else key):
+        common = normalise_band_name(candidate)
+        if common:
+            return common
+    return None
+
+
+def _resolution_of(key: str, asset: Any) -> float:
+    fields = asset.extra_fields
+    for rb in fields.get("raster:bands") or []:
+        if rb.get("spatial_resolution"):
+            return float(rb["spatial_resolution"])
+    if fields.get("gsd"):
+        return float(fields["gsd"])
+    suffix = key.rsplit("_", 1)[-1]
+    if suffix.endswith("m") and suffix[:-1].isdigit():
+        return float(suffix[:-1])
+    return math.inf
+
+
+def item_bands(item: Any) -> dict[str, str]:
+    """Common name -> asset key of an item's single-band image assets (finest, GeoTIFF first)."""
+    best: dict[str, tuple[tuple, str]] = {}
+    for key, asset in item.assets.items():
+        media = (asset.media_type or "").lower()
+        roles = asset.roles or ["data"]
+        if "data" not in roles or (media and not media.startswith(_IMAGE_TYPES)):
+            continue
+        common = _asset_common_name(key, asset)
+        if common is None:
+            continue
+        # Prefer GeoTIFF (range reads) over JPEG 2000, then the finest pixel, then the shortest key.
+        rank = ("jp2" in media or key.endswith("jp2"), _resolution_of(key, asset), len(key), key)
+        if common not in best or rank < best[common][0]:
+            best[common] = (rank, key)
+    return {name: key for name, (_, key) in best.items()}
+
+
+def _baseline(item: Any) -> float | None:
+    text = item.properties.get("s2:processing_baseline") or item.properties.get("processing:version")
+    try:
+        return float(text) if text is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def band_scaling(item: Any, asset_key: str, name: str) -> tuple[float, float]:
+    """(scale, offset) turning the asset's stored numbers into reflectance (see the module docstring)."""
+    if name in CATEGORICAL or name in SAR_NAMES:
+        return 1.0, 0.0
+    raster = (item.assets[asset_key].extra_fields.get("raster:bands") or [{}])[0]
+    dtype = str(raster.get("data_type") or "uint16")
+    if dtype.startswith("float"):
+        return float(raster.get("scale", 1.0)), float(raster.get("offset", 0.0))
+    scale = float(raster.get("scale", 1e-4))
+    applied = item.properties.get("earthsearch:boa_offset_applied")
+    baseline = _baseline(item)
+    if applied is True:
+        offset = 0.0
+    elif baseline is not None and item.properties.get("s2:product_type", "S2MSI2A").endswith("2A"):
+        offset = L2A_BASELINE_OFFSET if baseline >= 4.0 else 0.0
+    else:
+        offset = float(raster.get("offset", 0.0))
+    return scale, offset
+
+
+def _signature(item: Any, bands: dict[str, str]) -> tuple:
+    return tuple(sorted((name, band_scaling(item, key, name)) for name, key in bands.items()))
+
+
+# --- grids and grouping ----------------------------------------------------------------------
+
+
+def utm_crs(lon: float, lat: float) -> str:
+    """The WGS 84 / UTM zone EPSG code holding (lon, lat)."""
+    zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def aoi_grid(geometry: dict, options: LoadOptions) -> Grid:
+    """The AOI's pixel grid: its bounding box in ``options.crs`` snapped to multiples of the pixel size."""
+    from odc.geo.geom import Geometry
+
+    from tscope.geo.grid import Grid
+
+    geom = Geometry(geometry, "EPSG:4326")
+    lon, lat = geom.centroid.coords[0]
+    crs = options.crs or utm_crs(lon, lat)
+    try:
+        projected = geom.to_crs(crs)
+    except Exception as exc:  # noqa: BLE001 - pyproj raises several types for a bad CRS
+        raise InputError(f"--crs {crs!r}: {exc}") from None
+    from odc.geo.geobox import GeoBox
+
+    box = GeoBox.from_bbox(projected.boundingbox, crs=crs, resolution=options.resolution)
+    if box.width * box.height > 20000 * 20000:
+        raise InputError(f"the AOI grid would be {box.width} x {box.height} px: use a smaller AOI or --resolution")
+    return Grid(crs=_rio_crs(crs), transform=box.transform, width=box.width, height=box.height)
+
+
+def _rio_crs(crs: str) -> Any:
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(crs)
+
+
+def solar_date(item: Any) -> str:
+    """The local solar date of an item (UTC shifted by its longitude), as Sentinel-2 days are grouped."""
+    from shapely.geometry import shape
+
+    lon = shape(item.geometry).centroid.x if item.geometry else 0.0
+    when = item.datetime or item.common_metadata.start_datetime
+    return (when + timedelta(hours=lon / 15.0)).date().isoformat()
+
+
+def group_items(items: Sequence[Any], names: Sequence[str] | None = None) -> list[list[Any]]:
+    """Scenes: items of one solar day with one scaling, in (date, first id) order."""
+    groups: dict[tuple, list[Any]] = {}
+    for item in items:
+        bands = item_bands(item)
+        if names:
+            bands = {n: k for n, k in bands.items() if n in names}
+        groups.setdefault((solar_date(item), _signature(item, bands)), []).append(item)
+    out = [sorted(g, key=lambda i: (i.datetime.isoformat() if i.datetime else "", i.id)) for g in groups.values()]
+    return sorted(out, key=lambda g: (solar_date(g[0]), g[0].id))
+
+
+def choose_bands(items: Sequence[Any], wanted: Sequence[str] | None) -> dict[str, str]:
+    """Common name -> asset key, for the bands every item of a scene has."""
+    per_item = [item_bands(i) for i in items]
+    common = set(per_item[0])
+    for bands in per_item[1:]:
+        common &= set(bands)
+    if wanted:
+        missing = [n for n in wanted if n not in common]
+        if missing:
+            raise InputError(f"item {items[0].id} has no asset for {', '.join(missing)}"
+                             f" (it has {', '.join(sorted(common)) or 'no image assets'})")
+        names = list(wanted)
+    else:
+        defaults = SAR_DEFAULT_BANDS if common & SAR_NAMES else S2_DEFAULT_BANDS
+        names = [n for n in defaults if n in common]
+        if not names:
+            names = sorted(common, key=COMMON_NAMES.index)
+    if not names:
+        raise RuntimeFailure(f"item {items[0].id} has no image asset tscope can name (assets:"
+                             f" {', '.join(items[0].assets)})")
+    keys = {per_item[0][n] for n in names}
+    if any({b[n] for n in names} != keys for b in per_item[1:]):
+        raise RuntimeFailure(f"items of {solar_date(items[0])} name their assets differently")
+    return {n: per_item[0][n] for n in names}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedScene:
+    """One scene's pixels on the AOI grid: ``data`` is (bands, rows, cols) in the stored dtype."""
+
+    data: np.ndarray
+    names: list[str]
+    grid: Grid
+    nodata: float
+    scales: list[float]
+    offsets: list[float]
+    items: list[Any]
+    date: str
+    cloud_percent: float | None
+    nodata_percent: float
+
+
+def _stac_cfg(items: Sequence[Any], bands: dict[str, str]) -> dict:
+    """Defaults odc-stac needs when items lack ``raster:bands`` (Sentinel-2: uint16 / uint8 SCL, nodata 0)."""
+    cfg: dict[str, dict] = {}
+    for item in items:
+        assets = {}
+        for name, key in bands.items():
+            if item.assets[key].extra_fields.get("raster:bands"):
+                continue
+            if name in SAR_NAMES:
+                assets[key] = {"data_type": "float32", "nodata": float("nan")}
+            else:
+                assets[key] = {"data_type": "uint8" if name in CATEGORICAL else "uint16", "nodata": 0}
+        if assets and item.collection_id:
+            cfg.setdefault(item.collection_id, {"assets": {}})["assets"].update(assets)
+    return cfg
+
+
+def load_scene(items: Sequence[Any], geometry: dict, grid: Grid, options: LoadOptions,
+               gdal_options: dict[str, str]) -> LoadedScene:
+    """Read ``items`` (one scene) onto ``grid``; every read must succeed or this raises RuntimeFailure."""
+    import odc.stac
+    import rasterio
+    from odc.geo.geobox import GeoBox
+
+    bands = choose_bands(items, options.bands)
+    names = list(bands)
+    box = GeoBox((grid.height, grid.width), grid.transform, grid.crs.to_wkt())
+    resampling = {key: ("nearest" if name in CATEGORICAL else options.resampling) for name, key in bands.items()}
+    try:
+        with rasterio.Env(**gdal_options):
+            ds = odc.stac.load(
+                list(items), bands=list(bands.values()), geobox=box, groupby=lambda item, parsed, idx: 0,
+                resampling=resampling, chunks=None, fail_on_error=True, stac_cfg=_stac_cfg(items, bands),
+                pool=None,
+            )
+    except (InputError, RuntimeFailure):
+        raise
+    except Exception as exc:  # noqa: BLE001 - odc-stac/rasterio raise many types; one clear line instead
+        raise RuntimeFailure(f"reading {', '.join(i.id for i in items)} failed (unreachable, refused or"
+                             f" truncated asset): {_first_line(exc)}") from exc
+    arrays = [np.asarray(ds[bands[n]].isel(time=0).values) for n in names]
+    is_sar = any(n in SAR_NAMES for n in names)
+    float_out = is_sar or any(a.dtype.kind == "f" for a in arrays)
+    dtype = np.float32 if float_out else np.uint16
+    nodata = float("nan") if float_out else 0.0
+    stack = np.empty((len(names), grid.height, grid.width), dtype=dtype)
+    valid = np.ones(grid.shape, dtype=bool)
+    for i, (name, array) in enumerate(zip(names, arrays, strict=True)):
+        band_nodata = ds[bands[name]].attrs.get("nodata")
+        band_valid = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, bool)
+        if band_nodata is not None and not (isinstance(band_nodata, float) and math.isnan(band_nodata)):
+            band_valid &= array != band_nodata
+        if name not in CATEGORICAL:
+            valid &= band_valid
+        out = array.astype(dtype, copy=False)
+        stack[i] = np.where(band_valid, out, dtype(nodata))
+    if options.clip:
+        valid &= _inside(geometry, grid)
+    cloud_percent = None
+    if "scl" in names:
+        scl = stack[names.index("scl")]
+        cloudy = np.isin(scl, SCL_CLOUD) & valid
+        cloud_percent = round(100.0 * np.count_nonzero(cloudy) / max(1, np.count_nonzero(valid)), 4)
+        if options.mask_clouds:
+            valid &= ~cloudy
+    stack[:, ~valid] = dtype(nodata)
+    scaling = [band_scaling(items[0], bands[n], n) for n in names]
+    return LoadedScene(
+        data=stack, names=names, grid=grid, nodata=nodata, scales=[s for s, _ in scaling],
+        offsets=[o for _, o in scaling], items=list(items), date=solar_date(items[0]),
+        cloud_percent=cloud_percent, nodata_percent=round(100.0 * (1 - valid.mean()), 4),
+    )
+
+
+def _inside(geometry: dict, grid: Grid) -> np.ndarray:
+    """Pixels whose centre falls in the AOI polygon (in the grid's CRS)."""
+    from rasterio.features import geometry_mask
+    from rasterio.warp import transform_geom
+
+    geom = transform_geom("EPSG:4326", grid.crs, geometry)
+    return geometry_mask([geom], out_shape=grid.shape, transform=grid.transform, invert=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
