@@ -175,3 +175,20 @@ def test_masks_on_different_grids_are_refused():
     other = Grid(UTM.crs, Affine(20, 0, 500000, 0, -20, 5_000_000), 20, 10)
     with pytest.raises(ValueError):
         measures.compare(mask(UTM, [(0, 0)]), mask(other, [(0, 0)], "b"))
+
+
+def test_distance_is_zero_for_corner_contact_and_matches_brute_force():
+    assert measures.distance(mask(UTM, [(2, 2)]), mask(UTM, [(3, 3)], "b")).metres == 0
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a = np.zeros(UTM.shape, bool)
+        b = np.zeros(UTM.shape, bool)
+        a[rng.integers(0, 10, 3), rng.integers(0, 8, 3)] = True
+        b[rng.integers(0, 10, 3), rng.integers(12, 20, 3)] = True
+        ra, ca = np.nonzero(a)
+        rb, cb = np.nonzero(b)
+        # Brute force over all pixel pairs: gap between the squares' edges, in map metres.
+        gaps = [math.hypot(max(abs(int(c1) - int(c2)) - 1, 0) * 10, max(abs(int(r1) - int(r2)) - 1, 0) * 10)
+                for r1, c1 in zip(ra, ca, strict=True) for r2, c2 in zip(rb, cb, strict=True)]
+        got = measures.distance(mask(UTM, a), mask(UTM, b, "b")).metres
+        assert got == pytest.approx(min(gaps) / K0, rel=1e-3, abs=1e-6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,13 +116,18 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     (out / "masks").mkdir(parents=True, exist_ok=True)
     legend = []
     layers = []
-    for i, (mask_id, mask) in enumerate(trace.masks.items()):
-        rel = f"masks/{mask_id}.tif"
-        writers.write_mask_cog(out / rel, mask)
-        trace.outputs[f"mask:{mask_id}"] = rel
-        legend.append((mask_id, rel, COLOURS[i % len(COLOURS)]))
-        layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
-    factors = writers.write_geojson_features(out / "masks.geojson", layers)
+    # COG encoding runs in GDAL without the GIL: write the rasters while Python builds the polygons.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        cogs = []
+        for i, (mask_id, mask) in enumerate(trace.masks.items()):
+            rel = f"masks/{mask_id}.tif"
+            cogs.append(pool.submit(writers.write_mask_cog, out / rel, mask))
+            trace.outputs[f"mask:{mask_id}"] = rel
+            legend.append((mask_id, rel, COLOURS[i % len(COLOURS)]))
+            layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
+        factors = writers.write_geojson_features(out / "masks.geojson", layers)
+        for future in cogs:
+            future.result()
     coarse = {k: f for k, f in factors.items() if f > 1}
     if coarse:
         trace.notes.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Mask:
         if self.data.dtype != bool or self.valid.dtype != bool:
             raise ValueError(f"mask {self.label}: data and valid must be bool arrays")
 
-    @property
+    @cached_property
     def counted(self) -> np.ndarray:
-        """Class pixels that count: ``data & valid``."""
+        """Class pixels that count: ``data & valid`` (computed once: masks are not modified)."""
         return self.data & self.valid

@@ -107,8 +107,8 @@ def adjacency(a: Mask, b: Mask) -> Adjacency:
     pa, pb = a.counted, b.counted
     px, py = grid.pixel_size_m()
     # Horizontal neighbours share a vertical edge (length py); vertical neighbours a horizontal one.
-    vertical_edges = np.count_nonzero(pa[:, :-1] & pb[:, 1:]) + np.count_nonzero(pa[:, 1:] & pb[:, :-1])
-    horizontal_edges = np.count_nonzero(pa[:-1, :] & pb[1:, :]) + np.count_nonzero(pa[1:, :] & pb[:-1, :])
+    vertical_edges = sum(np.count_nonzero(np.logical_and(*_facing(pa, pb, 0, dc))) for dc in (-1, 1))
+    horizontal_edges = sum(np.count_nonzero(np.logical_and(*_facing(pa, pb, dr, 0))) for dr in (-1, 1))
     length = vertical_edges * py + horizontal_edges * px
     return Adjacency(borders=bool(vertical_edges or horizontal_edges), shared_boundary_m=float(length))
 
@@ -122,8 +122,24 @@ class Distance(Result):
 
 def _edge_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of class pixels with a 4-neighbour outside the class (or the image)."""
-    inner = ndimage.binary_erosion(pixels, border_value=0)
+    inner = np.zeros_like(pixels)
+    # Shifted ANDs: a pixel is inner when its four neighbours are in the class (image border: not).
+    inner[1:-1, 1:-1] = pixels[:-2, 1:-1] & pixels[2:, 1:-1] & pixels[1:-1, :-2] & pixels[1:-1, 2:]
     return np.nonzero(pixels & ~inner)
+
+
+def _facing(pa: np.ndarray, pb: np.ndarray, dr: int, dc: int) -> tuple[np.ndarray, np.ndarray]:
+    """Views of ``pa`` and ``pb`` aligned so that ``pa[r, c]`` faces ``pb[r + dr, c + dc]``."""
+    h, w = pa.shape
+    a = pa[max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)]
+    b = pb[max(0, dr) : h - max(0, -dr), max(0, dc) : w - max(0, -dc)]
+    return a, b
+
+
+def _touch(pa: np.ndarray, pb: np.ndarray) -> bool:
+    """Whether two pixel sets share an edge or a corner (8-neighbourhood): a 0 m gap."""
+    neighbours = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+    return any(np.any(np.logical_and(*_facing(pa, pb, dr, dc))) for dr, dc in neighbours)
 
 
 def distance(a: Mask, b: Mask) -> Distance:
@@ -143,6 +159,9 @@ def distance(a: Mask, b: Mask) -> Distance:
         rows, cols = np.nonzero(pa & pb)
         point = grid.pixel_lonlat(cols[0] + 0.5, rows[0] + 0.5)
         return Distance(metres=0.0, point_a=point, point_b=point)
+    if _touch(pa, pb):
+        rows, cols = np.nonzero(pa)
+        return Distance(metres=0.0, point_a=grid.pixel_lonlat(cols[0] + 0.5, rows[0] + 0.5), point_b=None)
     ra, ca = _edge_pixels(pa)
     rb, cb = _edge_pixels(pb)
     xy_a = grid.metric_xy(ca, ra)
