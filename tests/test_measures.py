@@ -192,3 +192,9 @@ def test_distance_is_zero_for_corner_contact_and_matches_brute_force():
                 for r1, c1 in zip(ra, ca, strict=True) for r2, c2 in zip(rb, cb, strict=True)]
         got = measures.distance(mask(UTM, a), mask(UTM, b, "b")).metres
         assert got == pytest.approx(min(gaps) / K0, rel=1e-3, abs=1e-6)
+
+
+def test_touching_distance_reports_where_they_touch():
+    d = measures.distance(mask(UTM, [(2, 2), (8, 8)]), mask(UTM, [(3, 3)], "b"))
+    assert d.metres == 0
+    assert d.point_a == d.point_b == pytest.approx(UTM.pixel_lonlat(2.5, 2.5))

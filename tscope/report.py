@@ -116,8 +116,9 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     (out / "masks").mkdir(parents=True, exist_ok=True)
     legend = []
     layers = []
-    # COG encoding runs in GDAL without the GIL: write the rasters while Python builds the polygons.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # COG encoding runs in GDAL without the GIL: write the rasters (one at a time, to bound memory)
+    # while Python builds the polygons.
+    with ThreadPoolExecutor(max_workers=1) as pool:
         cogs = []
         for i, (mask_id, mask) in enumerate(trace.masks.items()):
             rel = f"masks/{mask_id}.tif"

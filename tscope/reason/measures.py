@@ -136,10 +136,17 @@ def _facing(pa: np.ndarray, pb: np.ndarray, dr: int, dc: int) -> tuple[np.ndarra
     return a, b
 
 
-def _touch(pa: np.ndarray, pb: np.ndarray) -> bool:
-    """Whether two pixel sets share an edge or a corner (8-neighbourhood): a 0 m gap."""
-    neighbours = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
-    return any(np.any(np.logical_and(*_facing(pa, pb, dr, dc))) for dr, dc in neighbours)
+def _touching_pixel(pa: np.ndarray, pb: np.ndarray) -> tuple[int, int] | None:
+    """(row, col) of a pixel of ``pa`` that shares an edge or a corner with ``pb`` (a 0 m gap), or None."""
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if (dr, dc) == (0, 0):
+                continue
+            both = np.logical_and(*_facing(pa, pb, dr, dc))
+            if both.any():
+                i, j = np.unravel_index(np.argmax(both), both.shape)
+                return int(i) + max(0, -dr), int(j) + max(0, -dc)
+    return None
 
 
 def distance(a: Mask, b: Mask) -> Distance:
@@ -159,9 +166,10 @@ def distance(a: Mask, b: Mask) -> Distance:
         rows, cols = np.nonzero(pa & pb)
         point = grid.pixel_lonlat(cols[0] + 0.5, rows[0] + 0.5)
         return Distance(metres=0.0, point_a=point, point_b=point)
-    if _touch(pa, pb):
-        rows, cols = np.nonzero(pa)
-        return Distance(metres=0.0, point_a=grid.pixel_lonlat(cols[0] + 0.5, rows[0] + 0.5), point_b=None)
+    touching = _touching_pixel(pa, pb)
+    if touching is not None:
+        point = grid.pixel_lonlat(touching[1] + 0.5, touching[0] + 0.5)
+        return Distance(metres=0.0, point_a=point, point_b=point)
     ra, ca = _edge_pixels(pa)
     rb, cb = _edge_pixels(pb)
     xy_a = grid.metric_xy(ca, ra)
