@@ -190,3 +190,15 @@ def test_example_batch_script_runs(tmp_path):
     assert rows[0] == "scene,question,answer" and len(rows) == 5
     assert "Forest covers" in rows[1]
     assert (work / "results/slovenia_s2/q0/answer.json").is_file()
+
+
+def test_cli_start_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, tscope.cli.main; "
+            "print(','.join(m for m in ('torch', 'transformers', 'dask', 'peft', 'bitsandbytes', 'rasterio',"
+            " 'geopandas', 'odc.stac') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

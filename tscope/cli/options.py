@@ -6,11 +6,11 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import typer
 
-from tscope.reason.backend import Progress
+Progress = Callable[[int, int], None]
 
 log = logging.getLogger("tscope")
 

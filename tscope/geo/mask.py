@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -14,7 +13,8 @@ from tscope.geo.grid import Grid
 class Mask:
     """``data`` marks the class; ``valid`` marks pixels that count (not nodata, not cloud).
 
-    Both are bool arrays of ``grid.shape``. Measures only ever look at ``data & valid``.
+    Both are bool arrays of ``grid.shape``. The mask takes ownership of ``data`` and clears it
+    outside ``valid`` in place, so ``counted`` needs no copy (a tile-sized mask is 120 MB).
     """
 
     data: np.ndarray
@@ -32,8 +32,9 @@ class Mask:
             )
         if self.data.dtype != bool or self.valid.dtype != bool:
             raise ValueError(f"mask {self.label}: data and valid must be bool arrays")
+        np.logical_and(self.data, self.valid, out=self.data)
 
-    @cached_property
+    @property
     def counted(self) -> np.ndarray:
-        """Class pixels that count: ``data & valid`` (computed once: masks are not modified)."""
-        return self.data & self.valid
+        """Class pixels that count (``data``, already cleared outside ``valid``)."""
+        return self.data
