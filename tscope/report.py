@@ -43,27 +43,31 @@ def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _stretch(band: np.ndarray) -> np.ndarray:
-    finite = band[np.isfinite(band)]
-    if not finite.size:
+def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """A 2-98 % percentile stretch of ``band`` to uint8 over its valid, finite pixels (invalid -> 0)."""
+    valid = np.isfinite(band) if valid is None else valid & np.isfinite(band)
+    values = band[valid]
+    if not values.size:
         return np.zeros(band.shape, np.uint8)
-    lo, hi = np.percentile(finite, [2, 98])
+    lo, hi = np.percentile(values, [2, 98])
     scaled = (band - lo) / (hi - lo if hi > lo else 1.0)
-    return (np.clip(np.nan_to_num(scaled), 0, 1) * 255).astype(np.uint8)
+    out = (np.clip(np.nan_to_num(scaled), 0, 1) * 255).round().astype(np.uint8)
+    out[~valid] = 0
+    return out
 
 
 def quicklook(scene: Scene, trace: Trace, frame: str) -> Image.Image:
     """The scene (true colour where it can) with the frame's masks overlaid, at most 1024 px a side."""
     if all(scene.has(b) for b in ("red", "green", "blue")):
         bands = scene.read_overview(["red", "green", "blue"], QUICKLOOK_SIDE)
-        rgb = np.stack([_stretch(b) for b in bands], axis=-1)
+        rgb = np.stack([stretch(b) for b in bands], axis=-1)
     else:
         name = "vv" if scene.has("vv") else scene.bands[0]
         band = scene.read_overview([name], QUICKLOOK_SIDE)[0]
         if name in ("vv", "vh", "hh", "hv"):
             with np.errstate(divide="ignore", invalid="ignore"):
                 band = 10 * np.log10(band)
-        grey = _stretch(band)
+        grey = stretch(band)
         rgb = np.stack([grey] * 3, axis=-1)
     out = rgb.astype(np.float32)
     h, w = rgb.shape[:2]
