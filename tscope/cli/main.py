@@ -25,8 +25,8 @@ COMMANDS = {
     "fetch": "tscope.cli.fetch",
     "stack": "tscope.cli.stack",
     "batch": "tscope.cli.batch",
-    "model": "tscope.cli.model",
-    "data": "tscope.cli.data", "bench": "tscope.cli.bench",
+    "data": "tscope.cli.data",
+    "bench": "tscope.cli.bench",
 }
 
 app = typer.Typer(
