@@ -162,3 +162,11 @@ def test_build_is_deterministic_and_cli(tmp_path, bench):
     limited = run_cli("bench", "build", EXAMPLES / "slovenia_s2.tif", "--labels", LULC, "--tasks", "CA,CR",
                       "--out", tmp_path / "l.parquet", "--limit", "1", "--json")
     assert json.loads(limited.stdout)["per_task"] == {"coverage_percentage": 1}
+
+
+def test_cli_build_creates_the_output_folder(tmp_path):
+    out = tmp_path / "new" / "folder" / "bench.parquet"
+    result = run_cli("bench", "build", EXAMPLES / "slovenia_s2.tif", "--labels", DATA / "slovenia_lulc.tif",
+                     "--tasks", "CA", "--out", out, "-q")
+    assert result.returncode == 0, result.stderr
+    assert len(read_bench(out)) == 1

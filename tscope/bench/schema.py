@@ -182,6 +182,7 @@ def write_bench(rows: list[dict], path: str | Path) -> Path:
                 value = json.dumps(value, ensure_ascii=False)
             columns[name].append(value)
     table = pa.table(columns, schema=schema)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(path)
