@@ -25,6 +25,7 @@ COMMANDS = {
     "fetch": "tscope.cli.fetch",
     "stack": "tscope.cli.stack",
     "batch": "tscope.cli.batch",
+    "model": "tscope.cli.model",
     "data": "tscope.cli.data",
     "bench": "tscope.cli.bench",
 }

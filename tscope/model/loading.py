@@ -1,0 +1,387 @@
+"""Loading and saving TerraScope checkpoints (safetensors only; no remote code, no pickle).
+
+Two layouts are accepted by :func:`load_terrascope`:
+
+(a) **released** -- a local copy of ``sy1998/TerraScope``: ``config.json`` with ``model_type:
+    sa2va_chat`` (``llm_config``, ``vision_config``, ``template``, ``force_image_size``,
+    ``downsample_ratio``, ``ps_version``...), ``*.safetensors`` (optionally sharded with an index) in
+    the official key layout, and the tokenizer files. Keys are remapped at load time
+    (:mod:`tscope.model.keys`). SAM-2 is Hiera-L as released; a ``sam2_config`` entry in config.json
+    (a tscope extension, used by tests' tiny checkpoints) overrides it.
+(b) **native** -- what :func:`save_terrascope` / ``tscope model convert`` write::
+
+        DIR/terrascope.json        TerraScopeConfig (format: tscope-terrascope)
+        DIR/internvl/              InternVLForConditionalGeneration.save_pretrained (safetensors)
+        DIR/sam2/                  Sam2Model.save_pretrained (safetensors)
+        DIR/seg_head.safetensors   the seg head (text_hidden_fcs)
+        DIR/tokenizer*.json ...    the tokenizer with the special tokens
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tscope.errors import InputError
+from tscope.model.config import NATIVE_CONFIG, NATIVE_FORMAT, TerraScopeConfig
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+HIERA_L = {
+    "model_type": "sam2_hiera_det_model", "hidden_size": 144, "blocks_per_stage": [2, 6, 36, 4],
+    "embed_dim_per_stage": [144, 288, 576, 1152],
+    "num_attention_heads_per_stage": [2, 4, 8, 16], "global_attention_blocks": [23, 33, 43],
+    "window_size_per_stage": [8, 4, 16, 8], "window_positional_embedding_background_size": [7, 7],
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja")
+
+
+def hiera_large_sam2() -> dict[str, Any]:
+    """Sam2Config (as a dict) of SAM-2 Hiera-L, the grounding model of the release."""
+    return {"vision_config": {"backbone_config": dict(HIERA_L), "backbone_channel_list": [1152, 576, 288, 144]}}
+
+
+def detect_layout(path: Path) -> str:
+    """``native`` or ``released``; InputError naming what is missing otherwise."""
+    if not path.is_dir():
+        raise InputError(f"--model {path}: not a folder")
+    if (path / NATIVE_CONFIG).exists():
+        return "native"
+    config = path / "config.json"
+    if config.exists():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type == "sa2va_chat":
+            return "released"
+        raise InputError(f"{config}: model_type {model_type!r} is not a TerraScope checkpoint (want sa2va_chat)")
+    raise InputError(f"--model {path}: no {NATIVE_CONFIG} (tscope layout) and no config.json (released layout)")
+
+
+def _filtered(cls, data: dict) -> dict:
+    known = set(cls().to_dict())
+    return {k: v for k, v in data.items() if k in known}
+
+
+def released_config(path: Path, tokenizer) -> TerraScopeConfig:
+    """TerraScopeConfig from a released checkpoint's config.json (+ the tokenizer, for the image token id)."""
+    from transformers import InternVLVisionConfig, Qwen2Config
+
+    raw = json.loads((path / "config.json").read_text())
+    missing = [k for k in ("llm_config", "vision_config") if k not in raw]
+    if missing:
+        raise InputError(f"{path / 'config.json'}: missing {', '.join(missing)}")
+    llm = _filtered(Qwen2Config, raw["llm_config"])
+    vis = dict(raw["vision_config"])
+    renames = {"qkv_bias": "attention_bias", "qk_normalization": "use_qk_norm",
+               "attention_dropout": "attention_dropout"}
+    vision = {renames.get(k, k): v for k, v in vis.items()}
+    vision = _filtered(InternVLVisionConfig, vision)
+    image_size = int(raw.get("force_image_size") or vis.get("image_size", 448))
+    vision["image_size"] = image_size
+    vision["use_absolute_position_embeddings"] = True
+    vision["use_mean_pooling"] = True  # InternViT has no final norm: transformers then uses Identity
+    if raw.get("ps_version", "v2") != "v2":
+        raise InputError(f"{path}: ps_version {raw.get('ps_version')!r} is not supported (v2 only)")
+    image_token = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    internvl = {
+        "text_config": {**llm, "model_type": "qwen2"},
+        "vision_config": {**vision, "model_type": "internvl_vision"},
+        "image_token_id": int(image_token),
+        "downsample_ratio": float(raw.get("downsample_ratio", 0.5)),
+        "vision_feature_layer": int(raw.get("select_layer", -1)),
+        "vision_feature_select_strategy": "default",
+        "projector_hidden_act": "gelu",
+        "tie_word_embeddings": bool(llm.get("tie_word_embeddings", False)),
+    }
+    sam2 = raw.get("sam2_config") or hiera_large_sam2()
+    extra = {"sam_image_size": int(sam2.get("prompt_encoder_config", {}).get("image_size", 1024)),
+             "use_thumbnail": bool(raw.get("use_thumbnail", True))}
+    if raw.get("max_dynamic_patch"):
+        extra["max_tiles"] = int(raw["max_dynamic_patch"])
+    if raw.get("template") not in (None, "qwen_chat", "qwen-chat"):
+        raise InputError(f"{path}: template {raw.get('template')!r} is not supported (qwen_chat only)")
+    return TerraScopeConfig(internvl=internvl, sam2=sam2, image_size=image_size, **extra)
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[dtype])
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device here")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    return device
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if not any((path / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        raise InputError(f"--model {path}: no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def read_safetensors(path: Path) -> dict:
+    """All tensors of the checkpoint's safetensors files (sharded or not). Never unpickles anything."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        hint = f" (found {', '.join(pickles)}: pickle checkpoints are refused; convert them to safetensors)" \
+            if pickles else ""
+        raise InputError(f"--model {path}: no *.safetensors weights{hint}")
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        wanted = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        absent = [f for f in wanted if not (path / f).exists()]
+        if absent:
+            raise InputError(f"--model {path}: missing weight shards {', '.join(absent)}")
+        files = [path / f for f in wanted]
+    state: dict = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    layout: str
+    quant: str
+
+
+def _check_keys(missing: list[str], unexpected: list[str], path: Path, tied: bool = False) -> None:
+    # Tied embeddings and SAM-2's duplicated positional matrix may legitimately be absent.
+    missing = [k for k in missing if k != "internvl.lm_head.weight" or not tied]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InputError(f"--model {path}: weights missing for {shown}")
+    if unexpected:
+        shown = ", ".join(unexpected[:10]) + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else "")
+        raise InputError(f"--model {path}: weights that do not fit the architecture: {shown}")
+
+
+def _build_from_state(config: TerraScopeConfig, state: dict, path: Path, torch_dtype):
+    import torch
+
+    from tscope.model.architecture import TerraScopeModel
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype if torch_dtype.is_floating_point else torch.float32)
+    try:
+        model = TerraScopeModel(config)
+    finally:
+        torch.set_default_dtype(previous)
+    expected = model.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+                  if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if mismatched:
+        raise InputError(f"--model {path}: weight shapes do not match the config: {'; '.join(mismatched[:5])}")
+    result = model.load_state_dict(state, strict=False)
+    _check_keys(list(result.missing_keys), list(result.unexpected_keys), path,
+                tied=bool(config.internvl.get("tie_word_embeddings")))
+    return model.to(torch_dtype)
+
+
+def load_terrascope(path: str | Path, dtype: str = "bf16", device: str = "auto", quant: str = "none") -> Loaded:
+    """Load a TerraScope checkpoint of either layout; returns the model (eval mode) and tokenizer.
+
+    ``quant`` (``8bit``/``4bit``) quantises the language model only, through bitsandbytes; a released
+    checkpoint is then first remapped into a temporary native folder (it needs that much free disk).
+    """
+
+    from tscope.model.architecture import TerraScopeModel
+    from tscope.model.quantize import QUANT_CHOICES, quantization_config, verify_skips
+
+    path = Path(path)
+    if quant not in QUANT_CHOICES:
+        raise InputError(f"--quant must be one of {', '.join(QUANT_CHOICES)}")
+    torch_dtype = _torch_dtype(dtype)
+    device = resolve_device(device)
+    layout = detect_layout(path)
+    tokenizer = _load_tokenizer(path)
+    if layout == "released":
+        from tscope.model.keys import KeyError_, official_to_native
+
+        config = released_config(path, tokenizer)
+        try:
+            state, _dropped = official_to_native(read_safetensors(path))
+        except KeyError_ as exc:
+            raise InputError(f"--model {path}: {exc}") from None
+        model = _build_from_state(config, state, path, torch_dtype)
+        if quant == "none":
+            return Loaded(model.to(device).eval(), tokenizer, layout, quant)
+        with tempfile.TemporaryDirectory(prefix="tscope-quant-") as tmp:
+            save_terrascope(model, tokenizer, tmp)
+            del model
+            loaded = load_terrascope(tmp, dtype=dtype, device=device, quant=quant)
+            return Loaded(loaded.model, loaded.tokenizer, layout, quant)
+    config = TerraScopeConfig.from_dict(json.loads((path / NATIVE_CONFIG).read_text()))
+    for part in ("internvl", "sam2"):
+        if not (path / part / "config.json").exists() or not list((path / part).glob("*.safetensors")):
+            raise InputError(f"--model {path}: missing {part}/config.json or {part}/*.safetensors")
+    if not (path / "seg_head.safetensors").exists():
+        raise InputError(f"--model {path}: missing seg_head.safetensors")
+    from safetensors.torch import load_file
+    from transformers import InternVLForConditionalGeneration, Sam2Model
+
+    qconfig = quantization_config(quant, torch_dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map={"": device})
+    internvl = InternVLForConditionalGeneration.from_pretrained(str(path / "internvl"), **kwargs)
+    sam2 = Sam2Model.from_pretrained(str(path / "sam2"), dtype=torch_dtype)
+    model = TerraScopeModel(config, internvl=internvl, sam2=sam2)
+    seg = load_file(str(path / "seg_head.safetensors"))
+    result = model.seg_head.load_state_dict(seg, strict=False)
+    _check_keys([f"seg_head.{k}" for k in result.missing_keys], list(result.unexpected_keys), path)
+    model.seg_head.to(torch_dtype)
+    if qconfig is not None:
+        verify_skips(model.internvl)
+        model.sam2.to(device)
+        model.seg_head.to(device)
+    else:
+        model.to(device)
+    return Loaded(model.eval(), tokenizer, layout, quant)
+
+
+def save_terrascope(model, tokenizer, path: str | Path) -> Path:
+    """Write ``model`` (a TerraScopeModel) and ``tokenizer`` in the native layout, atomically (a
+    sibling temporary folder renamed into place)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / NATIVE_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        model.internvl.save_pretrained(str(tmp / "internvl"), safe_serialization=True)
+        model.sam2.save_pretrained(str(tmp / "sam2"), safe_serialization=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.seg_head.state_dict().items()},
+                  str(tmp / "seg_head.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def convert(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
+    """``tscope model convert``: any accepted layout -> the native layout at ``dst`` (weights kept in
+    their stored dtype)."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise InputError(f"{dst} exists and is not empty; pass --overwrite to replace it")
+    if dst.resolve() == src.resolve():
+        raise InputError("SRC and DST are the same folder")
+    state_dtype = _stored_dtype(src)
+    loaded = load_terrascope(src, dtype=state_dtype, device="cpu", quant="none")
+    return save_terrascope(loaded.model, loaded.tokenizer, dst)
+
+
+def _stored_dtype(path: Path) -> str:
+    """The dtype most weights are stored in (bf16, fp16 or fp32)."""
+    counts = _header_stats(path)["dtypes"]
+    stored = max(counts, key=counts.get) if counts else "F32"
+    return {"BF16": "bf16", "F16": "fp16"}.get(stored, "fp32")
+
+
+def _header_stats(path: Path) -> dict:
+    """Parameter counts per part and dtype histogram from safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    layout = detect_layout(path)
+    files = sorted(path.rglob("*.safetensors"))
+    parts: dict[str, int] = {}
+    dtypes: dict[str, int] = {}
+    lm_linear = 0
+    for file in files:
+        rel = file.relative_to(path).parts
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                n = 1
+                for s in sl.get_shape():
+                    n *= s
+                name = key if layout == "released" else f"{rel[0]}/{key}" if len(rel) > 1 else f"seg_head/{key}"
+                part = _part_of(name)
+                parts[part] = parts.get(part, 0) + n
+                dtypes[sl.get_dtype()] = dtypes.get(sl.get_dtype(), 0) + n
+                if part == "language_model" and key.endswith("proj.weight"):
+                    lm_linear += n
+    return {"layout": layout, "parts": parts, "dtypes": dtypes, "lm_linear": lm_linear}
+
+
+def _part_of(name: str) -> str:
+    # transformers saves InternVL under its hub names (vision_tower., multi_modal_projector., language_model.)
+    rules = [("internvl/vision_tower.", "vision_tower"), ("internvl/multi_modal_projector.", "projector"),
+             ("internvl/language_model.", "language_model"), ("vision_model.", "vision_tower"),
+             ("internvl/model.vision_tower.", "vision_tower"),
+             ("mlp1.", "projector"), ("internvl/model.multi_modal_projector.", "projector"),
+             ("language_model.", "language_model"), ("internvl/model.language_model.", "language_model"),
+             ("internvl/lm_head.", "language_model"), ("text_hidden_fcs.", "seg_head"), ("seg_head/", "seg_head"),
+             ("grounding_encoder.sam2_model.", "sam2"), ("sam2/", "sam2")]
+    for prefix, part in rules:
+        if name.startswith(prefix):
+            return part
+    return "other"
+
+
+def model_info(path: str | Path) -> dict:
+    """``tscope model info``: architecture, parameter counts per part, stored dtype, quantisation plan."""
+    from tscope.model.quantize import SKIP_MODULES
+
+    path = Path(path)
+    stats = _header_stats(path)
+    if stats["layout"] == "native":
+        config = json.loads((path / NATIVE_CONFIG).read_text())
+        internvl, sam2 = config["internvl"], config["sam2"]
+    else:
+        raw = json.loads((path / "config.json").read_text())
+        internvl = {"text_config": raw.get("llm_config", {}), "vision_config": raw.get("vision_config", {})}
+        sam2 = raw.get("sam2_config") or hiera_large_sam2()
+    text, vision = internvl.get("text_config", {}), internvl.get("vision_config", {})
+    backbone = sam2.get("vision_config", {}).get("backbone_config", {})
+    total = sum(stats["parts"].values())
+    lm = stats["lm_linear"]
+    rest = total - lm
+    return {
+        "path": str(path),
+        "layout": stats["layout"],
+        "format": NATIVE_FORMAT if stats["layout"] == "native" else "sa2va_chat",
+        "architecture": {
+            "language_model": f"Qwen2: {text.get('num_hidden_layers')} layers, hidden {text.get('hidden_size')},"
+                              f" {text.get('num_attention_heads')} heads / {text.get('num_key_value_heads')} kv,"
+                              f" vocab {text.get('vocab_size')}",
+            "vision_tower": f"InternViT: {vision.get('num_hidden_layers')} layers, hidden {vision.get('hidden_size')},"
+                            f" patch {vision.get('patch_size')}, image {vision.get('image_size')}",
+            "sam2": f"Hiera: hidden {backbone.get('hidden_size', 144)}, blocks {backbone.get('blocks_per_stage')}",
+        },
+        "parameters": {**stats["parts"], "total": total},
+        "stored_dtypes": stats["dtypes"],
+        "quantisation": {
+            "quantised": "language model linear layers (q/k/v/o, gate/up/down), via bitsandbytes",
+            "kept": "vision tower, projector, lm_head, SAM-2, seg head (in --dtype)",
+            "skip_modules": SKIP_MODULES,
+            "quantised_parameters": lm,
+            "estimated_weight_bytes": {"none_bf16": 2 * total, "8bit": lm + 2 * rest, "4bit": lm // 2 + 2 * rest},
+        },
+    }
