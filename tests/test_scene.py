@@ -88,3 +88,8 @@ def test_joplin_pair_lands_on_one_grid(joplin_pair):
 def test_pairs_that_do_not_overlap_are_refused(slovenia, naip):
     with pytest.raises(InputError, match="do not overlap"):
         open_scenes([slovenia, naip])
+
+
+def test_optical_and_sar_files_are_not_taken_as_a_pair(slovenia, sar):
+    with pytest.raises(InputError, match="tscope stack"):
+        open_scenes([slovenia, sar])

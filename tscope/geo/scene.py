@@ -316,5 +316,11 @@ def open_scenes(paths: Sequence[str | Path], options: ReadOptions | None = None)
     if not 1 <= len(paths) <= 2:
         raise InputError("give one scene, or two (before and after) for change questions")
     scenes = [open_scene(p, options, frame=f"t{i + 1}") for i, p in enumerate(paths)]
+    if len(scenes) == 2 and scenes[0].kind != scenes[1].kind:
+        # Two sensors over one date are a fusion stack, not a before/after pair.
+        raise InputError(
+            f"{scenes[0].path.name} is {scenes[0].kind} and {scenes[1].path.name} is {scenes[1].kind}: stack them"
+            " with `tscope stack OPTICAL SAR --out DIR` and ask DIR/stack.tif"
+        )
     grid = analysis_grid(scenes)
     return [s.aligned_to(grid) for s in scenes]
