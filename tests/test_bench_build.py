@@ -38,7 +38,7 @@ def bench(tmp_path_factory):
 def _chip_labels(sample, labels, transform):
     g = sample.grid
     chip = rasterio.Affine(*g["transform"])
-    col, row = (round(v) for v in ~transform * (chip.c, chip.f))
+    col, row = (round(v) for v in ~transform @ (chip.c, chip.f))
     return labels[row:row + g["height"], col:col + g["width"]], transform * rasterio.Affine.translation(col, row)
 
 

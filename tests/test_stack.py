@@ -90,7 +90,7 @@ def test_sar_power_is_averaged_onto_a_coarser_grid(tmp_path, sar):
     with rasterio.open(sar) as src:
         power = np.abs(src.read(1).astype(np.complex128)) ** 2
         rows, cols = np.mgrid[0:src.height, 0:src.width]
-        xs, ys = src.transform * (cols + 0.5, rows + 0.5)
+        xs, ys = src.transform @ (cols + 0.5, rows + 0.5)
     minx, miny, maxx, maxy = result.grid.bounds
     inside = (xs > minx) & (xs < maxx) & (ys > miny) & (ys < maxy)
     with rasterio.open(result.files[0]) as out, rasterio.open(nearest.files[0]) as nn:

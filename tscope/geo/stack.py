@@ -190,7 +190,7 @@ def _is_crop(native: Grid, grid: Grid) -> bool:
     """True when ``grid`` is a pixel-aligned window of ``native`` (same CRS and pixels): no resampling."""
     if native.crs != grid.crs or not np.allclose(list(native.transform)[:4], list(grid.transform)[:4]):
         return False
-    col, row = ~native.transform * (grid.transform.c, grid.transform.f)
+    col, row = ~native.transform @ (grid.transform.c, grid.transform.f)
     return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
 
 
