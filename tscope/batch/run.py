@@ -28,6 +28,7 @@ from typing import Any
 
 from tscope import __version__
 from tscope.errors import InputError, RuntimeFailure, TscopeError
+from tscope.geo.vector import read_vector_wgs84
 from tscope.geo.writers import write_json
 from tscope.stac.http import NetworkPolicy
 from tscope.stac.load import LoadOptions
@@ -75,19 +76,10 @@ class BatchConfig:
 
 def read_aois(path: str | Path) -> list[tuple[str, dict]]:
     """(aoi id, GeoJSON geometry in EPSG:4326) per feature; ids from ``id``/``aoi_id``/``name``."""
-    import geopandas as gpd
     from shapely.geometry import mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:  # noqa: BLE001 - pyogrio raises several types for unreadable files
-        raise InputError(f"{path}: not a vector file ({exc})") from None
-    if frame.empty:
-        raise InputError(f"{path} holds no AOI")
-    frame = (frame.set_crs("EPSG:4326") if frame.crs is None else frame).to_crs("EPSG:4326")
+    frame = read_vector_wgs84(path)
     raw_ids = _feature_ids(path)
     aois, seen = [], set()
     for n, (_, row) in enumerate(frame.iterrows()):

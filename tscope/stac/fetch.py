@@ -17,6 +17,7 @@ from typing import Any
 from tscope import __version__
 from tscope.errors import InputError
 from tscope.geo.stack import grid_dict, write_array_cog
+from tscope.geo.vector import read_vector_wgs84
 from tscope.geo.writers import write_json
 from tscope.stac.catalogs import gdal_credentials, resolve_catalog
 from tscope.stac.http import NetworkPolicy
@@ -38,21 +39,9 @@ class FetchRequest:
 
 def read_aoi(path: str | Path) -> dict:
     """The union of a vector file's geometries as one GeoJSON geometry in EPSG:4326."""
-    import geopandas as gpd
     from shapely.geometry import mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--aoi {path}: no such file")
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:  # noqa: BLE001 - pyogrio raises several types for unreadable files
-        raise InputError(f"--aoi {path}: not a vector file ({exc})") from None
-    if frame.empty:
-        raise InputError(f"--aoi {path} holds no geometry")
-    if frame.crs is None:
-        frame = frame.set_crs("EPSG:4326")
-    geom = frame.to_crs("EPSG:4326").geometry.union_all()
+    geom = read_vector_wgs84(path, "--aoi ").geometry.union_all()
     if geom.is_empty or geom.area == 0:
         raise InputError(f"--aoi {path}: the AOI must be a polygon with an area")
     return dict(mapping(geom))
