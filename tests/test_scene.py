@@ -93,3 +93,43 @@ def test_pairs_that_do_not_overlap_are_refused(slovenia, naip):
 def test_optical_and_sar_files_are_not_taken_as_a_pair(slovenia, sar):
     with pytest.raises(InputError, match="tscope stack"):
         open_scenes([slovenia, sar])
+
+
+def _write_grid(path, data, transform, descriptions):
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=data.dtype, crs="EPSG:32633", transform=transform)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = descriptions
+    return path
+
+
+def test_second_scene_with_another_y_pixel_size_is_resampled(tmp_path):
+    from affine import Affine
+
+    t1 = _write_grid(tmp_path / "t1.tif", np.full((1, 100, 10), 1000, np.uint16),
+                     Affine(10, 0, 500000, 0, -10, 5001000), ("red",))
+    rows = (np.arange(50, dtype=np.uint16)[:, None] + 1) * 10 * np.ones((1, 50, 10), np.uint16)
+    t2 = _write_grid(tmp_path / "t2.tif", rows, Affine(10, 0, 500000, 0, -20, 5001000), ("red",))
+    _, after = open_scenes([t1, t2], ReadOptions(bands="red"))
+    values, valid = after.read(["red"], Window(0, 0, 10, 100))
+    # Row r of the 10 m grid lies in row r // 2 of the 20 m file: DN 10 * (r // 2 + 1), up to the
+    # bilinear blend with the next row (a copy without resampling would give 10 * (r + 1)).
+    expected = (np.arange(100) // 2 + 1) * 10 / 10000
+    np.testing.assert_allclose(values["red"][:, 5], expected, atol=6e-4)
+    assert valid.all()
+
+
+def test_scl_is_never_interpolated_when_warped(tmp_path):
+    from affine import Affine
+
+    scl = np.tile(np.array([4, 2], np.uint16), (40, 20))[None]  # alternating vegetation / dark columns
+    base = np.full((1, 40, 40), 500, np.uint16)
+    t1 = _write_grid(tmp_path / "t1.tif", np.concatenate([base, scl]), Affine(10, 0, 500000, 0, -10, 5000400),
+                     ("red", "scl"))
+    # Half a pixel off: bilinear resampling would invent class 3 (cloud shadow) between 4 and 2.
+    t2 = _write_grid(tmp_path / "t2.tif", np.concatenate([base, scl]), Affine(10, 0, 500005, 0, -10, 5000400),
+                     ("red", "scl"))
+    _, after = open_scenes([t1, t2])
+    values, _ = after.read(["scl"], Window(0, 0, after.grid.width, after.grid.height))
+    assert set(np.unique(values["scl"])) <= {0.0, 2.0, 4.0}

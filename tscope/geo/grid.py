@@ -75,6 +75,24 @@ class Grid:
     def to_lonlat(self) -> Transformer:
         return Transformer.from_crs(self.pyproj_crs, CRS.from_epsg(4326), always_xy=True)
 
+    def crop_offset(self, parent: Grid) -> tuple[int, int] | None:
+        """(col, row) of this grid's origin in ``parent`` when it is a pixel-aligned crop of it.
+
+        Same CRS and the same pixel size, rotation and orientation on both axes, origin on a pixel
+        corner of ``parent``: then pixels can be copied without resampling. Otherwise None.
+        """
+        if self.crs != parent.crs:
+            return None
+        size = max(abs(parent.transform.a), abs(parent.transform.e), 1e-12)
+        mine, theirs = self.transform, parent.transform
+        if any(abs(x - y) > 1e-9 * size for x, y in zip((mine.a, mine.b, mine.d, mine.e),
+                                                         (theirs.a, theirs.b, theirs.d, theirs.e), strict=True)):
+            return None
+        col, row = ~theirs @ (mine.c, mine.f)
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            return None
+        return round(col), round(row)
+
     def windows(self, size: int = BLOCK) -> Iterator[Window]:
         """Row-major blocks of at most ``size`` x ``size`` pixels covering the grid."""
         for row in range(0, self.height, size):

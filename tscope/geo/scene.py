@@ -28,6 +28,7 @@ from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
 from tscope.geo.grid import Grid
 
 SAR_FORMATS = ("auto", "linear", "db", "complex")
+CATEGORICAL_BANDS = frozenset({"scl"})
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,10 @@ class Scene:
 
     def _native_window(self, window: Window) -> Window | None:
         """The window of the file under ``window`` of the analysis grid, if no warping is needed."""
-        g, n = self.grid, self.native
-        if g.crs != n.crs or not np.allclose(list(g.transform)[:4], list(n.transform)[:4]):
+        offset = self.grid.crop_offset(self.native)
+        if offset is None:
             return None
-        col, row = ~n.transform @ (g.transform.c, g.transform.f)
-        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-            return None
-        return Window(window.col_off + round(col), window.row_off + round(row), window.width, window.height)
+        return Window(window.col_off + offset[0], window.row_off + offset[1], window.width, window.height)
 
     def aligned_to(self, grid: Grid, frame: str | None = None) -> Scene:
         """The same file seen through ``grid`` (cropped, or warped when CRS/pixels differ)."""
@@ -121,10 +119,19 @@ class Scene:
                 inside = self._inside(native_window, shape)
                 masks = src.read_masks(indexes, window=native_window, boundless=True) if self.per_dataset_mask else None
             else:
-                resampling = Resampling.nearest if self.kind == "sar" else Resampling.bilinear
-                with WarpedVRT(src, **self._warp_kwargs(resampling)) as vrt:
-                    raw = vrt.read(indexes, window=window)
-                    masks = vrt.read_masks(indexes, window=window)
+                # Class codes (SCL) must never be interpolated: 4 next to 2 is not 3 (cloud shadow).
+                groups: dict[Resampling, list[str]] = {}
+                for name in names:
+                    nearest = name in CATEGORICAL_BANDS or self.kind == "sar"
+                    groups.setdefault(Resampling.nearest if nearest else Resampling.bilinear, []).append(name)
+                by_name, mask_parts = {}, []
+                for resampling, group in groups.items():
+                    group_indexes = [self.band_map.indexes[n] for n in group]
+                    with WarpedVRT(src, **self._warp_kwargs(resampling)) as vrt:
+                        by_name.update(zip(group, vrt.read(group_indexes, window=window), strict=True))
+                        mask_parts.append(vrt.read_masks(group_indexes, window=window))
+                raw = [by_name[n] for n in names]
+                masks = np.concatenate(mask_parts)
                 inside = None
         valid = np.ones(shape, dtype=bool)
         if inside is not None:

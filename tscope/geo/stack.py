@@ -35,11 +35,11 @@ from tscope import __version__
 from tscope.errors import InputError
 from tscope.geo.bands import SAR_NAMES
 from tscope.geo.grid import Grid
+from tscope.geo.scene import CATEGORICAL_BANDS as CATEGORICAL
 from tscope.geo.scene import ReadOptions, Scene, analysis_grid, open_scene
 from tscope.geo.writers import atomic_path, write_json
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max", "med")
-CATEGORICAL = frozenset({"scl"})
 MODES = ("auto", "stack", "pair")
 BLOCK = 512
 
@@ -186,14 +186,6 @@ def _scratch(folder: Path, name: str) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def _is_crop(native: Grid, grid: Grid) -> bool:
-    """True when ``grid`` is a pixel-aligned window of ``native`` (same CRS and pixels): no resampling."""
-    if native.crs != grid.crs or not np.allclose(list(native.transform)[:4], list(grid.transform)[:4]):
-        return False
-    col, row = ~native.transform @ (grid.transform.c, grid.transform.f)
-    return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
-
-
 def _masked(values: dict[str, np.ndarray], valid: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.stack([np.where(valid | (n in CATEGORICAL), values[n], np.nan) for n in names]).astype(np.float32)
 
@@ -213,7 +205,7 @@ def _physical_copy(scene: Scene, names: Sequence[str], folder: Path) -> Iterator
 def _blocks_on_grid(scene: Scene, names: Sequence[str], grid: Grid, options: StackOptions,
                     folder: Path) -> Iterator[tuple[rasterio.windows.Window, np.ndarray]]:
     """(window, float32 (bands, rows, cols)) blocks of ``scene`` on ``grid``."""
-    if _is_crop(scene.native, grid):
+    if grid.crop_offset(scene.native) is not None:
         # The grid is a pixel-aligned crop of the file: read it as is, no resampling at all.
         aligned = scene.aligned_to(grid)
         for window in grid.windows(BLOCK * 2):
