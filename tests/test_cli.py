@@ -78,10 +78,12 @@ def test_json_goes_to_stdout_and_logs_to_stderr(tmp_path, slovenia):
 
 def test_existing_answer_needs_overwrite(tmp_path, slovenia):
     out = tmp_path / "o"
-    assert run_cli("ask", slovenia, "Is there any water?", "--out", out).returncode == 0
+    assert run_cli("ask", slovenia, "Does the forest border the grassland?", "--out", out).returncode == 0
     again = run_cli("ask", slovenia, "Is there any water?", "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert run_cli("ask", slovenia, "Is there any water?", "--out", out, "--overwrite").returncode == 0
+    # The earlier answer's masks are gone: the folder holds one answer.
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["01_water.tif"]
 
 
 def test_pair_writes_a_quicklook_per_frame(tmp_path, joplin_pair):
@@ -133,12 +135,14 @@ def bad_inputs(tmp_path, slovenia, naip):
         "unknown sensor": (["ask", slovenia, q, "--sensor", "modis"], "unknown --sensor"),
         "unknown backend": (["ask", slovenia, q, "--backend", "gpt"], "unknown backend"),
         "unknown option": (["ask", slovenia, q, "--frobnicate"], "No such option"),
+        "bad sar format": (["ask", slovenia, q, "--sar-format", "bogus"], "--sar-format must be one of"),
+        "bad assumed CRS": (["ask", slovenia, q, "--assume-crs", "EPSG:99999"], "is not a CRS"),
     }
 
 
 CASES = ["not a raster", "missing file", "no CRS", "all nodata", "no overlap", "band mapping names a missing band",
          "question needs a missing band", "unknown question", "unknown class", "unwritable out", "unknown sensor",
-         "unknown backend", "unknown option"]
+         "unknown backend", "unknown option", "bad sar format", "bad assumed CRS"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -202,3 +206,16 @@ def test_cli_start_imports_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_compare_when_neither_class_is_present(tmp_path, slovenia):
+    result = run_cli("ask", slovenia, "Which is larger, snow or water?", "--out", tmp_path / "o", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["answer"] == "Neither snow nor water is present."
+    assert payload["numbers"]["larger"]["value"] == "tie"
+
+
+def test_which_is_smaller_is_answered_as_asked(tmp_path, slovenia):
+    result = run_cli("ask", slovenia, "Which is smaller, forest or grassland?", "--out", tmp_path / "o", "--json")
+    assert json.loads(result.stdout)["answer"].startswith("Grassland is smaller")

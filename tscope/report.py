@@ -43,6 +43,16 @@ def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def remove_previous_outputs(out: Path) -> None:
+    """Delete what an earlier ``ask`` wrote in ``out`` (and nothing else)."""
+    for name in ("answer.json", "answer.md", "masks.geojson", "quicklook.png", "quicklook_t1.png",
+                 "quicklook_t2.png"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "masks").is_dir():
+        for tif in (out / "masks").glob("*.tif"):
+            tif.unlink()
+
+
 def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """A 2-98 % percentile stretch of ``band`` to uint8 over its valid, finite pixels (invalid -> 0)."""
     valid = np.isfinite(band) if valid is None else valid & np.isfinite(band)
@@ -116,7 +126,12 @@ def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, 
 
 
 def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str, str]:
-    """Write all outputs of ``trace`` into ``out`` (prepared by :func:`prepare_out_dir`)."""
+    """Write all outputs of ``trace`` into ``out`` (prepared by :func:`prepare_out_dir`).
+
+    Outputs of an earlier answer in ``out`` are removed first, ``answer.json`` (the completion
+    marker) before anything else, so the folder never mixes two answers.
+    """
+    remove_previous_outputs(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     legend = []
     layers = []

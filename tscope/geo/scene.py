@@ -9,11 +9,13 @@ VRT, still window by window.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyproj
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
@@ -27,6 +29,7 @@ from tscope.errors import InputError
 from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
 from tscope.geo.grid import Grid
 
+log = logging.getLogger("tscope")
 SAR_FORMATS = ("auto", "linear", "db", "complex")
 CATEGORICAL_BANDS = frozenset({"scl"})
 
@@ -210,6 +213,15 @@ def _grid_of(src: rasterio.DatasetReader, crs: CRS) -> Grid:
 def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str = "t1") -> Scene:
     """Open ``path`` and identify its bands, scaling, nodata and CRS (reads no pixels)."""
     options = options or ReadOptions()
+    if options.sar_format not in SAR_FORMATS:
+        raise InputError(f"--sar-format must be one of {', '.join(SAR_FORMATS)}")
+    assumed = None
+    if options.assume_crs:
+        # Parsed by pyproj first: GDAL would also print its own error line on stderr.
+        try:
+            assumed = CRS.from_wkt(pyproj.CRS.from_user_input(options.assume_crs).to_wkt())
+        except pyproj.exceptions.CRSError:
+            raise InputError(f"--assume-crs {options.assume_crs!r} is not a CRS") from None
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -219,13 +231,12 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         raise InputError(f"{path}: not a raster rasterio can open") from None
     with src:
         if src.crs is None:
-            if not options.assume_crs:
+            if assumed is None:
                 raise InputError(f"{path}: no CRS; pass --assume-crs EPSG:XXXX if you know it")
-            try:
-                crs = CRS.from_user_input(options.assume_crs)
-            except Exception:  # noqa: BLE001 - rasterio raises several types for bad input
-                raise InputError(f"--assume-crs {options.assume_crs!r} is not a CRS") from None
+            crs = assumed
         else:
+            if assumed is not None and assumed != src.crs:
+                log.warning("%s has a CRS (%s): --assume-crs is ignored", path.name, src.crs)
             crs = src.crs
         if src.transform.is_identity and not src.gcps[0]:
             raise InputError(f"{path}: no georeferencing (identity transform)")
@@ -278,8 +289,6 @@ def _band_scales(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOp
 
 
 def _sar_format(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOptions) -> str:
-    if options.sar_format not in SAR_FORMATS:
-        raise InputError(f"--sar-format must be one of {', '.join(SAR_FORMATS)}")
     if options.sar_format != "auto":
         return options.sar_format
     index = next(i for n, i in band_map.indexes.items() if n in SAR_NAMES)

@@ -86,10 +86,10 @@ class Comparison(Result):
 
 
 def compare(a: Mask, b: Mask) -> Comparison:
-    """Which of two classes covers more ground, and by what ratio (larger / smaller)."""
+    """Which of two classes covers more ground (``larger`` is ``"tie"`` when equal), and the ratio."""
     _same_grid(a, b)
     area_a, area_b = area_m2(a), area_m2(b)
-    larger = a.label if area_a >= area_b else b.label
+    larger = "tie" if area_a == area_b else (a.label if area_a > area_b else b.label)
     small = min(area_a, area_b)
     ratio = max(area_a, area_b) / small if small else math.inf
     return Comparison(area_a_m2=area_a, area_b_m2=area_b, larger=larger, ratio=ratio)

@@ -8,6 +8,7 @@ scene scale with masks stitched from its ``[SEG]`` steps. The numbers always com
 from __future__ import annotations
 
 import math
+import re
 
 from tscope.geo.mask import Mask
 from tscope.reason import measures
@@ -66,9 +67,17 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
         n["larger"] = Number(r.larger)
         n["ratio"] = Number(round(r.ratio, 4) if math.isfinite(r.ratio) else "inf")
         big, small = (label_a, label_b) if r.area_a_m2 >= r.area_b_m2 else (label_b, label_a)
-        times = f"{r.ratio:.1f} times as much" if math.isfinite(r.ratio) else f"and there is no {small}"
-        answer = f"{big.capitalize()} is larger: {fmt_area(max(r.area_a_m2, r.area_b_m2))} against" \
-                 f" {fmt_area(min(r.area_a_m2, r.area_b_m2))} ({times})."
+        if r.larger == "tie" and r.area_a_m2 == 0:
+            answer = f"Neither {label_a} nor {label_b} is present."
+        elif r.larger == "tie":
+            answer = f"{label_a.capitalize()} and {label_b} cover the same area, {fmt_area(r.area_a_m2)}."
+        else:
+            times = f"{r.ratio:.1f} times as much" if math.isfinite(r.ratio) else f"and there is no {small}"
+            smaller = query.question.lower().lstrip().startswith("which") and re.search(
+                r"\b(smaller|less|least|fewer)\b", query.question.lower())
+            lead = f"{small.capitalize()} is smaller" if smaller else f"{big.capitalize()} is larger"
+            answer = f"{lead}: {fmt_area(max(r.area_a_m2, r.area_b_m2))} of {big} against" \
+                     f" {fmt_area(min(r.area_a_m2, r.area_b_m2))} of {small} ({times})."
     elif task == "adjacency":
         b = masks[(classes[1], "t1")]
         r = measures.adjacency(a, b)
