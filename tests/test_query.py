@@ -60,3 +60,33 @@ def test_errors_list_what_it_can_answer(question, message):
     with pytest.raises(InputError, match=message) as info:
         parse_query(question)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("question", "task", "classes", "min_area"),
+    [
+        ("How many hectares of cropland are there?", "area", ["cropland"], None),
+        ("How many lakes that cover over 2 ha are there?", "count", ["water"], 20000),
+        ("How many ponds larger than 1,000 m2 are there?", "count", ["water"], 1000),
+        ("How many lakes covering more than 1 ha are there?", "count", ["water"], 10000),
+        ("Is the water more than 100 m from the forest?", "distance", ["water", "forest"], None),
+        ("Is there less forest than grassland?", "compare", ["forest", "grassland"], None),
+    ],
+)
+def test_phrasings_that_used_to_mislead_the_parser(question, task, classes, min_area):
+    q = parse_query(question)
+    assert (q.task, q.classes) == (task, classes)
+    assert q.min_area_m2 == (pytest.approx(min_area) if min_area else None)
+
+
+@pytest.mark.parametrize(
+    ("question", "message"),
+    [
+        ("How many water bodies smaller than 1 ha are there?", "maximum size"),
+        ("What proportion of the image is not forest?", "negates a class"),
+        ("What percentage is non-forest?", "negates a class"),
+    ],
+)
+def test_questions_it_cannot_honour_are_refused(question, message):
+    with pytest.raises(InputError, match=message):
+        parse_query(question)

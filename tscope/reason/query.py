@@ -85,11 +85,13 @@ class Query:
 _TASK_PATTERNS = [
     ("change", r"\bchang\w*|\bincreas\w*|\bdecreas\w*|\bgain\w*|\blos[st]\b|\bgrow\w*|\bshr[ia]nk\w*"
                r"|\bbetween the two\b|\bbefore and after\b|\bt1\b.*\bt2\b"),
-    ("distance", r"\bhow far\b|\bdistance\b|\bclosest\b|\bnearest\b|\bhow close\b"),
+    ("area", r"\bhow many (hectares|ha|acres|km2|km²|m2|m²|square)\b"),
+    ("distance", r"\bhow far\b|\bdistance\b|\bclosest\b|\bnearest\b|\bhow close\b"
+                 r"|\b\d[\d,.]*\s*(m|km|metres?|meters?|kilomet\w*)\s+(from|of|away)\b"),
     ("adjacency", r"\bborder\w*|\badjacent\b|\badjoin\w*|\btouch\w*|\bnext to\b|\bneighbou?r\w*"
                   r"|\bshare\w* (a )?(common )?boundar\w*|\bcontiguous\b"),
     ("compare", r"\bwhich\b.*\b(larger|bigger|greater|more|smaller|less|dominant)\b"
-                r"|\b(larger|bigger|greater|smaller)\b.*\bor\b|\bcompare\b|\bmore\b.*\bthan\b"),
+                r"|\b(larger|bigger|greater|smaller)\b.*\bor\b|\bcompare\b|\b(more|less|fewer)\b.*\bthan\b"),
     ("count", r"\bhow many\b|\bnumber of\b|\bcount\b"),
     ("locate", r"\bwhere\b|\bwhich (part|side|corner|direction)\b|\blocat\w*\b|\bposition\b"),
     ("existence", r"^(is|are|does|do)\b.*\b(there|any|contain\w*|present|visible|exist\w*)\b"
@@ -116,22 +118,28 @@ def _unit(text: str, task: str) -> str | None:
     return None
 
 
-def _min_area(text: str) -> float | None:
-    match = re.search(
-        r"(?:larger|bigger|greater|more) than|at least|over|above|minimum(?: size)? of", text
-    )
-    if not match:
-        return None
-    rest = text[match.end():]
-    num = re.match(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(km2|km²|square kilomet\w*|hectares?|ha|m2|m²|square met\w*)", rest)
-    if not num:
-        return None
-    value, unit = float(num.group(1)), num.group(2)
+_AREA_VALUE = (r"([0-9][0-9,]*(?:\.[0-9]+)?)\s*(km2|km²|square kilomet\w*|hectares?|ha|m2|m²|square met\w*)"
+               r"(?![\w²])")
+
+
+def _area_value(number: str, unit: str) -> float:
+    value = float(number.replace(",", ""))
     if unit.startswith(("km", "square kilomet")):
         return value * 1e6
     if unit.startswith(("ha", "hectare")):
         return value * 1e4
     return value
+
+
+def _min_area(text: str) -> float | None:
+    """The minimum region size a count or existence question states ("larger than 2 ha"), in m²."""
+    upper = re.search(r"\b(?:smaller|less|fewer|under|below|at most|up to)\b(?: than)?\s*" + _AREA_VALUE, text)
+    if upper:
+        raise InputError("tscope counts regions of at least a size; a maximum size"
+                         f" ({upper.group(0).strip()!r}) is not supported")
+    match = re.search(r"\b(?:(?:larger|bigger|greater|more) than|at least|over|above|minimum(?: size)? of)\s*"
+                      + _AREA_VALUE, text)
+    return _area_value(match.group(1), match.group(2)) if match else None
 
 
 def known_tasks_message() -> str:
@@ -151,7 +159,11 @@ def parse_query(question: str, n_scenes: int = 1) -> Query:
         name = lookup[match.group(1)]
         if name not in classes:
             classes.append(name)
-    task = next((name for name, pat in _TASK_PATTERNS if re.search(pat, text)), None)
+    if re.search(r"\bnot\b|\bnon-|\bother than\b|\bexcept\b|\bexcluding\b|\bwithout\b", text):
+        raise InputError(f"{question!r} negates a class; ask about the class itself (e.g. {EXAMPLES['coverage']!r})")
+    # "more ... than" also appears in thresholds ("more than 1 ha"): a comparison needs two classes.
+    task = next((name for name, pat in _TASK_PATTERNS
+                 if re.search(pat, text) and not (name == "compare" and len(classes) < 2)), None)
     if n_scenes == 2 and task != "change":
         # With a pair, a question about amounts is about their change ("how much water in each?").
         if task not in ("area", "coverage", None):
