@@ -134,3 +134,23 @@ def test_windowed_processing_does_not_depend_on_the_window_size(naip):
     assert whole["vegetation"].data.any()
     np.testing.assert_array_equal(whole["vegetation"].data, tiled["vegetation"].data)
     np.testing.assert_array_equal(whole["vegetation"].valid, tiled["vegetation"].valid)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('needs = "green"\nexpression = "green > 0"', "needs must be a list"),
+        ('needs = ["green"]\nexpression = "ndwi > 0"', "uses nir but needs does not list it"),
+        ('needs = ["vv"]\nexpression = "vv_db < t"\n[rule.threshold.t]\nindex = "vv_db"\nrange = 5\nfallback = -15',
+         "range must be two numbers"),
+        ('needs = ["green"]\nexpression = "green > bogus"', "neither a band"),
+    ],
+)
+def test_malformed_rules_files_are_input_errors(tmp_path, rule, message):
+    from tscope.reason.rules import load_rules
+
+    path = tmp_path / "rules.toml"
+    path.write_text('[indices]\nndwi = "(green - nir) / (green + nir)"\nvv_db = "10 * log10(vv)"\n\n'
+                    f'[[rule]]\nclass = "water"\nsource = "test"\n{rule}\n')
+    with pytest.raises(InputError, match=message):
+        load_rules(path)

@@ -143,20 +143,46 @@ class RuleSet:
 
 
 def _load(text: str, where: str) -> RuleSet:
+    from tscope.geo.bands import COMMON_NAMES
+
     spec = tomllib.loads(text)
     index_text = dict(spec.get("indices", {}))
     indices = {name: compile_expression(expr, f"{where} index {name}") for name, expr in index_text.items()}
+    for name, expr in indices.items():
+        unknown = names_in(expr) - set(COMMON_NAMES)
+        if unknown:
+            raise ValueError(f"{where} index {name}: {', '.join(sorted(unknown))} is not a band common name")
     rules = []
     for i, raw in enumerate(spec.get("rule", [])):
         label = f"{where} rule {i + 1} ({raw.get('class')})"
-        thresholds = tuple(
-            Threshold(name, t["index"], t.get("method", "otsu"), tuple(t["range"]), float(t["fallback"]))
-            for name, t in raw.get("threshold", {}).items()
-        )
+        needs = raw.get("needs")
+        if not isinstance(needs, list) or not all(isinstance(b, str) and b in COMMON_NAMES for b in needs):
+            raise ValueError(f"{label}: needs must be a list of band common names ({', '.join(COMMON_NAMES)})")
+        thresholds = []
+        for name, t in raw.get("threshold", {}).items():
+            bounds = t.get("range")
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(v, int | float) for v in bounds)):
+                raise ValueError(f"{label}: threshold {name}.range must be two numbers")
+            if t.get("index") not in indices:
+                raise ValueError(f"{label}: threshold {name}.index must name an index")
+            thresholds.append(Threshold(name, t["index"], t.get("method", "otsu"), tuple(bounds),
+                                        float(t["fallback"])))
+        compiled = compile_expression(raw["expression"], label)
+        # Every band the rule touches, directly or through an index, must be declared in needs, so a
+        # scene without it gets "X needs B" instead of a failure halfway through the scene.
+        used = set()
+        for name in names_in(compiled) | {t.index for t in thresholds}:
+            if name in indices:
+                used |= names_in(indices[name])
+            elif name in COMMON_NAMES:
+                used.add(name)
+            elif name not in {t.name for t in thresholds}:
+                raise ValueError(f"{label}: {name!r} is neither a band, an index nor a threshold")
+        if used - set(needs):
+            raise ValueError(f"{label}: uses {', '.join(sorted(used - set(needs)))} but needs does not list it")
         rules.append(Rule(
-            cls=raw["class"], needs=tuple(raw["needs"]), expression=raw["expression"], source=raw["source"],
-            compiled=compile_expression(raw["expression"], label), thresholds=thresholds,
-            same_as=tuple(raw.get("same_as", ())),
+            cls=raw["class"], needs=tuple(needs), expression=raw["expression"], source=raw["source"],
+            compiled=compiled, thresholds=tuple(thresholds), same_as=tuple(raw.get("same_as", ())),
         ))
     return RuleSet(indices, index_text, tuple(rules))
 
@@ -173,7 +199,7 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
     path = Path(path)
     try:
         return _load(path.read_text(), path.name)
-    except (OSError, tomllib.TOMLDecodeError, KeyError, ValueError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"--rules {path}: {exc}") from None
 
 
