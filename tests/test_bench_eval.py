@@ -234,3 +234,19 @@ def test_a_failing_answerer_stops_with_the_row_and_keeps_scored_samples(official
     with pytest.raises(RuntimeFailure, match=r"row 2 \(row2:img_2.png\): the answerer failed: out of memory"):
         evaluate(official, Failing(truth), results)
     assert [r["id"] for r in load_results(results)] == ["row0:img_0.png", "row1:img_1.png"]
+
+
+def test_results_of_another_bench_with_the_same_ids_are_not_reused(official, truth, tmp_path):
+    results = tmp_path / "results.jsonl"
+    first = FakeAnswerer(truth)
+    evaluate(official, first, results)
+    # The same ids with other questions (a bench rebuilt with another seed): every row is asked again.
+    table = pq.read_table(official)
+    questions = [q + " (rebuilt)" for q in table.column("question").to_pylist()]
+    rebuilt = tmp_path / "rebuilt.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("question"), "question", pa.array(questions)),
+                   rebuilt)
+    second = FakeAnswerer(truth)
+    records = evaluate(rebuilt, second, results)
+    assert len(second.prompts) == len(records) == 5
+    assert all(r["question"].endswith("(rebuilt)") for r in records)

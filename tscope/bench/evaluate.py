@@ -13,6 +13,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -271,6 +272,16 @@ def select(samples: list[BenchSample], tasks: Sequence[str] | None, limit: int |
     return samples[:limit] if limit else samples
 
 
+def fingerprint(sample: BenchSample, answerer: Any) -> str:
+    """What a results record was computed from: the sample's content and the answerer's name."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([sample.question, sample.candidates, sample.answer, sample.task_type,
+                              getattr(answerer, "name", type(answerer).__name__)]).encode())
+    digest.update(sample.image)
+    digest.update(sample.post_image or b"")
+    return digest.hexdigest()[:16]
+
+
 def evaluate(bench: str | Path, answerer: Any, results: str | Path, *, tasks: Sequence[str] | None = None,
              limit: int | None = None, progress: Progress | None = None) -> list[dict]:
     """Score every selected sample not yet in ``results`` (JSON lines); returns all selected records."""
@@ -280,11 +291,14 @@ def evaluate(bench: str | Path, answerer: Any, results: str | Path, *, tasks: Se
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise InputError(f"{bench}: sample ids repeat; resumable evaluation needs unique ids")
-    done = {r["id"]: r for r in load_results(results)}
+    marks = {s.id: fingerprint(s, answerer) for s in samples}
+    # A record is reused only for the same sample (question, options, answer, images) and the same
+    # answerer: rebuilding the bench with another seed keeps the ids but not the questions.
+    done = {r["id"]: r for r in load_results(results) if marks.get(r["id"]) == r.get("fingerprint")}
     todo = [s for s in samples if s.id not in done]
     with open(results, "a", encoding="utf-8") as out:
         for i, sample in enumerate(todo):
-            record = score(sample, answerer)
+            record = score(sample, answerer) | {"fingerprint": marks[sample.id]}
             # One write per record, flushed and synced: a crash loses at most the line being written.
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
