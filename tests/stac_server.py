@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -255,12 +255,11 @@ class StacServer:
 
 
 def _parse(text: str, end: bool) -> datetime:
-    from datetime import timezone
 
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
         text += "T23:59:59.999999+00:00" if end else "T00:00:00+00:00"
     stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def _handler(server: StacServer) -> type[BaseHTTPRequestHandler]:

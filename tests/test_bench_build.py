@@ -39,7 +39,7 @@ def _chip_labels(sample, labels, transform):
     g = sample.grid
     chip = rasterio.Affine(*g["transform"])
     col, row = (round(v) for v in ~transform @ (chip.c, chip.f))
-    return labels[row:row + g["height"], col:col + g["width"]], transform * rasterio.Affine.translation(col, row)
+    return labels[row:row + g["height"], col:col + g["width"]], transform @ rasterio.Affine.translation(col, row)
 
 
 def test_schema_and_options(bench):

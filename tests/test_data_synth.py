@@ -8,12 +8,13 @@ import re
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 from pyproj import Transformer
 from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 from scipy import ndimage
+from shapely import transform as shp_transform
 from shapely.geometry import shape
-from shapely.ops import transform as shp_transform
 from shapely.ops import unary_union
 
 from tests.conftest import DATA, EXAMPLES, run_cli
@@ -110,7 +111,7 @@ def test_synthesised_records_are_in_the_training_format(synth_dir, lulc):
             decoded = rle.decode(group[0])
             window = labels[row:row + decoded.shape[0], col:col + decoded.shape[1]]
             assert np.array_equal(decoded, np.isin(window, VALUES[label]))
-        with rasterio.open(out / r["image"]) as png:
+        with Image.open(out / r["image"]) as png:
             assert (png.height, png.width) == tuple(r["masks"][0][0]["size"])
         assert parse_query(human["value"].split("\n", 1)[1]).task == EXPECTED_TASK[r["task"]]
 
@@ -166,7 +167,7 @@ def test_every_answer_rederived_from_the_labels(synth_dir, lulc):
                 or (a[:-1] & b[1:]).any() or (a[1:] & b[:-1]).any()
             assert value == bool(touch) and answer == ("Yes" if touch else "No")
         elif task == "distance":
-            chip_transform = transform * rasterio.Affine.translation(col, row)
+            chip_transform = transform @ rasterio.Affine.translation(col, row)
             gap = _polygons(masks[0], chip_transform).distance(_polygons(masks[1], chip_transform))
             assert value == pytest.approx(gap, rel=2e-3)
             assert answer == f"{value:.0f} m"
@@ -188,7 +189,8 @@ def _burn(geoms, src_crs: str, grid_path, window: Window | None = None) -> np.nd
     with rasterio.open(grid_path) as src:
         transform, shape_ = src.transform, (src.height, src.width)
         to_grid = Transformer.from_crs(src_crs, src.crs, always_xy=True).transform
-    burnt = rasterize([(shp_transform(to_grid, g), 1) for g in geoms], out_shape=shape_, transform=transform)
+    on_grid = [(shp_transform(g, to_grid, interleaved=False), 1) for g in geoms]
+    burnt = rasterize(on_grid, out_shape=shape_, transform=transform)
     return burnt.astype(bool)
 
 

@@ -217,12 +217,12 @@ def burn_footprints(footprints: list[Footprint], crs: str, grid: Grid) -> np.nda
     """Bool (H, W): pixels whose centre lies inside any of ``footprints``."""
     from pyproj import Transformer
     from rasterio.features import rasterize
-    from shapely.ops import transform
+    from shapely import transform
 
     if not footprints:
         return np.zeros(grid.shape, dtype=bool)
     to_grid = Transformer.from_crs(crs, grid.pyproj_crs, always_xy=True).transform
-    shapes = [(transform(to_grid, f.geometry), 1) for f in footprints]
+    shapes = [(transform(f.geometry, to_grid, interleaved=False), 1) for f in footprints]
     burnt = rasterize(shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8",
                       all_touched=False)
     return burnt.astype(bool)

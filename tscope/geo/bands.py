@@ -8,12 +8,12 @@ ids such as ``B04``, or polarisations), or the colour interpretation of a plain 
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
 import rasterio
-import tomllib
 from rasterio.enums import ColorInterp
 
 from tscope.errors import InputError

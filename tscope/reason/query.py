@@ -9,11 +9,10 @@ vocabulary of ``models/classes.toml`` for the classes. What it cannot parse is a
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
-
-import tomllib
 
 from tscope.errors import InputError
 

@@ -7,6 +7,7 @@ and ``log10`` are allowed, so a rules file can never run code.
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -14,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from tscope.errors import InputError
 
