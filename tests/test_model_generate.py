@@ -53,6 +53,21 @@ def test_sar_fusion_loop_is_exact_too(tiny, images):
     assert all(np.array_equal(a, b) for a, b in zip(masks, gen.masks, strict=True))
 
 
+def test_decode_masks_keeps_the_candidate_with_the_best_predicted_iou(tiny, images):
+    import torch
+
+    model, _ = tiny
+    sam = model.sam_encode(images[:1])[0]
+    hidden = torch.randn(3, model.internvl.config.text_config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        candidates, predicted = model.decode_candidates(sam, hidden)
+        best, best_iou = model.decode_masks(sam, hidden)
+    assert candidates.shape[:2] == (3, 3) and predicted.shape == (3, 3)
+    pick = predicted.argmax(dim=1)
+    assert torch.equal(best, candidates[torch.arange(3), pick])
+    assert torch.equal(best_iou, predicted.max(dim=1).values)
+
+
 def test_frame_parsing():
     assert choose_frame("Image: t2. I segment the water", 0, 2) == 1
     assert choose_frame("First Image: t2 then Image: t1, the forest", 0, 2) == 0

@@ -144,12 +144,11 @@ class TerraScopeModel(nn.Module):
             for i, im in enumerate(images)
         ]
 
-    def decode_masks(self, image: SamImage, seg_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[SEG] hidden states (N, H) -> best-IoU low-res mask logits (N, h4, w4) and their IoU scores (N,).
+    def decode_candidates(self, image: SamImage, seg_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[SEG] hidden states (N, H) -> SAM-2's three candidate mask logits (N, 3, h4, w4) and predicted IoUs (N, 3).
 
         Each prompt token from the seg head is appended to the sparse embedding of the empty point
-        (label -1), the dense embedding is the no-mask embedding; of SAM-2's three candidate masks the
-        one with the highest predicted IoU is kept.
+        (label -1); the dense embedding is the no-mask embedding. Training scores every candidate.
         """
         sam_dtype = self.sam2.mask_decoder.iou_token.weight.dtype
         prompt = self.seg_head(seg_hidden.to(self.dtype)).to(sam_dtype)  # (N, D)
@@ -167,9 +166,14 @@ class TerraScopeModel(nn.Module):
             multimask_output=True,
             high_resolution_features=image.embeddings[:-1],
         )
-        best = iou[0].argmax(dim=-1)  # (N,)
-        rows = torch.arange(n, device=best.device)
-        return masks[0, rows, best], iou[0, rows, best]
+        return masks[0], iou[0]
+
+    def decode_masks(self, image: SamImage, seg_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[SEG] hidden states (N, H) -> the candidate with the best predicted IoU: logits (N, h4, w4), IoUs (N,)."""
+        masks, iou = self.decode_candidates(image, seg_hidden)
+        best = iou.argmax(dim=-1)  # (N,)
+        rows = torch.arange(masks.shape[0], device=best.device)
+        return masks[rows, best], iou[rows, best]
 
     @staticmethod
     def masks_from_logits(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -177,12 +181,3 @@ class TerraScopeModel(nn.Module):
         up = F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
         return (up.sigmoid() > 0.5).cpu().numpy()
 
-    def seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Training loss of mask logits (N, h, w) against targets (N, h, w) in {0, 1}: BCE x w1 + Dice x w2."""
-        cfg = self.config.seg_loss
-        target = target.to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        prob = logits.sigmoid().flatten(1)
-        flat = target.flatten(1)
-        dice = 1 - (2 * (prob * flat).sum(-1) + 1) / (prob.sum(-1) + flat.sum(-1) + 1)
-        return cfg.bce_weight * bce + cfg.dice_weight * dice.mean()

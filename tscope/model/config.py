@@ -62,14 +62,6 @@ class RegionConfig:
 
 
 @dataclass
-class SegLossConfig:
-    """Segmentation loss weights for training (release: BCE x 2 + Dice x 0.5; paper: lambda = 0.5)."""
-
-    bce_weight: float = 2.0
-    dice_weight: float = 0.5
-
-
-@dataclass
 class TerraScopeConfig:
     """Everything needed to build :class:`~tscope.model.architecture.TerraScopeModel`.
 
@@ -90,7 +82,6 @@ class TerraScopeConfig:
     template: str = "qwen_chat"
     tokens: TokenNames = field(default_factory=TokenNames)
     region: RegionConfig = field(default_factory=RegionConfig)
-    seg_loss: SegLossConfig = field(default_factory=SegLossConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -108,10 +99,9 @@ class TerraScopeConfig:
         if extra:
             raise ValueError(f"unknown TerraScope config fields: {', '.join(extra)}")
         return cls(
-            **{k: v for k, v in data.items() if k not in ("region", "seg_loss")},
+            **{k: v for k, v in data.items() if k != "region"},
             tokens=TokenNames(**tokens),
             region=RegionConfig(**data.get("region", {})),
-            seg_loss=SegLossConfig(**data.get("seg_loss", {})),
         )
 
     # --- derived shapes ----------------------------------------------------------------------
