@@ -28,6 +28,7 @@ COMMANDS = {
     "model": "tscope.cli.model",
     "data": "tscope.cli.data",
     "bench": "tscope.cli.bench",
+    "train": "tscope.cli.train",
 }
 
 app = typer.Typer(

@@ -1,0 +1,176 @@
+"""Training building blocks without a model: recipes, losses, schedule, data reading, optimizer state."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATA, ROOT
+from tscope.errors import InputError
+from tscope.train.checkpoint import _flatten_optimizer, _unflatten_optimizer
+from tscope.train.config import TrainConfig, load_config
+from tscope.train.dataset import TrainData, split_holdout
+from tscope.train.losses import IGNORE, dice_loss, lm_loss, mask_iou, seg_loss
+from tscope.train.schedule import batch_indices, lr_at, steps_per_epoch
+
+
+def test_recipes_carry_table_b_and_release_values():
+    for stage in (1, 2):
+        cfg = load_config(ROOT / "train" / f"stage{stage}.yaml")
+        assert cfg.stage == stage
+        assert (cfg.batch_size, cfg.lr, cfg.scheduler, cfg.warmup_ratio, cfg.epochs) == (32, 4e-5, "cosine", 0.3, 1)
+        assert (cfg.precision, cfg.optimizer, cfg.weight_decay) == ("bf16", "adam", 0.0)
+        assert (cfg.loss.bce_weight, cfg.loss.dice_weight) == (2.0, 0.5)
+        # Relative paths resolve against the recipe's folder, not the working directory.
+        assert cfg.out == str(ROOT / "train" / ".." / "runs" / f"stage{stage}")
+    lora = load_config(ROOT / "train" / "stage2.yaml").lora
+    assert (lora.r, lora.alpha, lora.dropout) == (128, 256, 0.05)
+    assert "q_proj" in lora.target_modules and "down_proj" in lora.target_modules
+    ds = json.loads((ROOT / "train" / "deepspeed_zero2.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 2
+
+
+def test_config_errors_and_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("stage: 2\nmodel: m\ndata: d.jsonl\nbatch_sise: 4\n")
+    with pytest.raises(InputError, match="batch_sise"):
+        load_config(path)
+    path.write_text("stage: 3\nmodel: m\ndata: d.jsonl\n")
+    with pytest.raises(InputError, match="stage"):
+        load_config(path)
+    path.write_text("stage: 1\nmodel: m\ndata: d.jsonl\n")
+    cfg = load_config(path, max_steps=7, eval_every=None, out=tmp_path / "o")
+    assert cfg.max_steps == 7 and cfg.eval_every == 0 and cfg.out == str((tmp_path / "o").resolve())
+    assert cfg.data == str(tmp_path / "d.jsonl")
+    with pytest.raises(InputError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    assert TrainConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_lm_loss_only_counts_labelled_positions():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 11)
+    labels = torch.tensor([IGNORE, 3, IGNORE, IGNORE, 7, 2])
+    # Position i predicts labels[i + 1]: targets at 1, 4, 5 come from logits rows 0, 3, 4.
+    expected = torch.nn.functional.cross_entropy(logits[[0, 3, 4]], torch.tensor([3, 7, 2]))
+    assert torch.allclose(lm_loss(logits, labels), expected)
+    # Changing logits that predict ignored positions does not change the loss.
+    changed = logits.clone()
+    changed[[1, 2, 5]] += 5
+    assert torch.allclose(lm_loss(changed, labels), expected)
+    assert float(lm_loss(logits, torch.full((6,), IGNORE))) == 0.0
+
+
+def test_seg_loss_weights_bce_and_dice():
+    target = torch.zeros(1, 4, 4)
+    target[0, :2] = 1
+    logits = torch.where(target.bool(), torch.tensor(3.0), torch.tensor(-3.0))
+    p = torch.sigmoid(torch.tensor(3.0))
+    bce = -math.log(float(p))  # every pixel is on the right side with margin 3
+    inter = 8 * float(p)  # 8 target pixels at probability p
+    total = 8 * float(p) + 8 * (1 - float(p)) + 8  # sum(p) over 16 pixels + sum(t)
+    dice = 1 - (2 * inter + 1) / (total + 1)
+    loss, parts = seg_loss(logits, target, bce_weight=2.0, dice_weight=0.5)
+    assert parts["bce"] == pytest.approx(bce, rel=1e-5) and parts["dice"] == pytest.approx(dice, rel=1e-5)
+    assert float(loss) == pytest.approx(2 * bce + 0.5 * dice, rel=1e-5)
+    paper, _ = seg_loss(logits, target, bce_weight=0.5, dice_weight=0.5)
+    assert float(paper) == pytest.approx(0.5 * bce + 0.5 * dice, rel=1e-5)
+    # Low-res logits are resized to the target: a 2x2 grid of the same pattern gives the same IoU.
+    assert mask_iou(logits, target.bool()) == [1.0]
+    assert mask_iou(-torch.ones(1, 2, 2) * 9, torch.zeros(1, 4, 4)) == [None]
+    assert float(dice_loss(torch.full((1, 3, 3), 20.0), torch.ones(1, 3, 3))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_schedule_warmup_cosine_and_data_order():
+    total, lr = 100, 4e-5
+    assert lr_at(0, total, lr) == pytest.approx(lr * 1e-5)
+    assert lr_at(30, total, lr) == pytest.approx(lr)  # end of 30% warmup: peak
+    assert lr_at(15, total, lr) == pytest.approx(lr * (1e-5 + (1 - 1e-5) * 0.5))
+    assert lr_at(65, total, lr) == pytest.approx(lr * 0.5)  # halfway through the cosine
+    assert lr_at(100, total, lr) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(5, 10, 1.0, warmup_ratio=0.0, kind="constant") == 1.0
+    # Each epoch is a permutation of all samples; steps are reproducible from (seed, step) alone.
+    n, bs = 10, 4
+    assert steps_per_epoch(n, bs) == 3 and steps_per_epoch(n, bs, drop_last=True) == 2
+    epoch0 = sum((batch_indices(s, n, bs, seed=5) for s in range(3)), [])
+    assert sorted(epoch0) == list(range(n))
+    epoch1 = sum((batch_indices(s, n, bs, seed=5) for s in range(3, 6)), [])
+    assert sorted(epoch1) == list(range(n)) and epoch1 != epoch0
+    assert batch_indices(4, n, bs, seed=5) == batch_indices(4, n, bs, seed=5)
+
+
+def test_optimizer_state_round_trip_without_pickle():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1, betas=(0.8, 0.9))
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(5, 3)).pow(2).sum().backward()
+        opt.step()
+    tensors, meta = _flatten_optimizer(opt.state_dict())
+    json.dumps(meta)  # the non-tensor part is plain JSON
+    restored = torch.optim.Adam(net.parameters(), lr=0.5)
+    restored.load_state_dict(_unflatten_optimizer(tensors, meta))
+    a, b = opt.state_dict(), restored.state_dict()
+    assert a["param_groups"][0]["betas"] == b["param_groups"][0]["betas"] == (0.8, 0.9)
+    for pid in a["state"]:
+        for key in a["state"][pid]:
+            assert torch.equal(torch.as_tensor(a["state"][pid][key]), torch.as_tensor(b["state"][pid][key]))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from tscope.data.synth import Sources, synthesise
+
+    out = tmp_path_factory.mktemp("cot")
+    synthesise([DATA / "slovenia_s2_t2.tif"], out, Sources.open(DATA / "slovenia_lulc.tif"), seed=3, chip=50,
+               tasks="coverage,boundary")
+    return out / "terra_cot.jsonl"
+
+
+def test_dataset_reads_synthesised_terra_cot(synth, tmp_path):
+    import rasterio
+
+    from tscope.data import rle
+
+    data = TrainData.open(synth)
+    assert len(data) >= 4
+    records = [json.loads(line) for line in synth.read_text().splitlines()]
+    with rasterio.open(DATA / "slovenia_s2_t2.tif") as src:
+        height, width = src.height, src.width
+    for i, record in enumerate(records):
+        sample = data[i]
+        assert sample.question and "<image>" not in sample.question
+        assert sample.answer.count("[SEG]") == len(sample.masks) == len(record["masks"]) == len(sample.frames)
+        assert all(f == 0 for f in sample.frames) and len(sample.images) == 1
+        assert sample.images[0].dtype == np.uint8 and sample.images[0].shape[2] == 3
+        assert sample.images[0].shape[0] <= height and sample.images[0].shape[1] <= width
+        for mask, group in zip(sample.masks, record["masks"], strict=True):
+            assert np.array_equal(mask, np.logical_or.reduce([rle.decode(g) for g in group]))
+    # A pair without `frames`: first half of the masks on the pre image, as the release's loader splits them.
+    pair = dict(records[-1])
+    pair.pop("frames")
+    pair["pre_image"] = pair["post_image"] = pair.pop("image")
+    pair["masks"] = pair["masks"] * 2 if len(pair["masks"]) == 1 else pair["masks"]
+    pair["conversations"] = [pair["conversations"][0], {"from": "gpt", "value": "a [SEG] b [SEG]"}]
+    pair["masks"] = pair["masks"][:2]
+    sample = TrainData([pair], synth.parent)[0]
+    assert sample.frames == [0, 1] and len(sample.images) == 2
+    broken = dict(records[0], conversations=[records[0]["conversations"][0], {"from": "gpt", "value": "no seg"}])
+    with pytest.raises(InputError, match=r"0 \[SEG\]"):
+        TrainData([broken], synth.parent)[0]
+    with pytest.raises(InputError, match="not found"):
+        TrainData([records[0]], tmp_path)[0]
+
+
+def test_holdout_split_is_seeded_and_disjoint():
+    records = [{"id": i} for i in range(50)]
+    train, held = split_holdout(records, 0.1, seed=1)
+    assert len(held) == 5 and len(train) == 45
+    assert {r["id"] for r in train}.isdisjoint({r["id"] for r in held})
+    assert split_holdout(records, 0.1, seed=1) == (train, held)
+    assert split_holdout(records, 0.0, seed=1) == (records, [])

@@ -1,0 +1,149 @@
+"""Training recipes: plain dataclasses loaded from YAML (``train/stage1.yaml``, ``train/stage2.yaml``).
+
+Defaults are the paper's Table B (global batch 32, lr 4e-5, cosine with warmup ratio 0.3, 1 epoch,
+bf16, Adam, weight decay 0) and the release's LoRA (rank 128, alpha 256, dropout 0.05) and mask loss
+(BCE x 2 + Dice x 0.5). Relative paths in a recipe are resolved against the recipe file's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tscope.errors import InputError
+
+STAGES = (1, 2)
+PRECISIONS = ("bf16", "fp16", "fp32")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("cosine", "linear", "constant")
+# Every linear layer of a Qwen2 decoder block: the release wraps all LLM linears but lm_head.
+QWEN2_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraRecipe:
+    """peft LoRA on the language model's linear layers (stage 2). Release: r=128, alpha=256, dropout 0.05."""
+
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(QWEN2_LINEARS))
+
+
+@dataclass
+class LossRecipe:
+    """loss = lm_weight x LM cross-entropy + bce_weight x BCE + dice_weight x Dice (per [SEG] mask)
+    + iou_weight x MSE of SAM-2's IoU head (tscope: it picks the candidate mask at inference).
+
+    Release: BCE x 2, Dice x 0.5. The paper's lambda = 0.5 on (BCE + Dice) is ``bce_weight: 0.5,
+    dice_weight: 0.5``.
+    """
+
+    lm_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    iou_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """One stage's recipe. ``batch_size`` is the *global* number of samples per optimizer step; each
+    process forwards one sample at a time and accumulates gradients over its share of the batch."""
+
+    stage: int
+    model: str
+    data: str
+    out: str = "runs/train"
+    image_root: str | None = None
+    eval_data: str | None = None
+    eval_fraction: float = 0.0
+    eval_every: int = 0
+    eval_limit: int = 64
+    eval_max_new_tokens: int = 256
+    batch_size: int = 32
+    lr: float = 4e-5
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.3
+    warmup_start_factor: float = 1e-5
+    min_lr: float = 0.0
+    epochs: int = 1
+    max_steps: int | None = None
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "bf16"
+    device: str = "auto"
+    seed: int = 0
+    save_every: int = 500
+    save_total_limit: int = 2
+    max_length: int = 8192
+    train_embeddings: bool = False
+    lora: LoraRecipe = field(default_factory=LoraRecipe)
+    loss: LossRecipe = field(default_factory=LossRecipe)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise InputError(f"stage must be 1 or 2, got {self.stage!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
+            raise InputError("batch_size and epochs must be >= 1 and lr > 0")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.eval_fraction < 1:
+            raise InputError("warmup_ratio and eval_fraction must be in [0, 1)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"max_steps must be >= 1, got {self.max_steps}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> TrainConfig:
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise InputError(f"unknown training config keys: {', '.join(extra)}")
+        missing = [k for k in ("stage", "model", "data") if data.get(k) in (None, "")]
+        if missing:
+            raise InputError(f"training config needs {', '.join(missing)}")
+        try:
+            lora = LoraRecipe(**(data.pop("lora", None) or {}))
+            loss = LossRecipe(**(data.pop("loss", None) or {}))
+        except TypeError as exc:
+            raise InputError(f"training config: {exc}") from None
+        if base is not None:
+            for key in ("model", "data", "out", "image_root", "eval_data"):
+                if data.get(key):
+                    p = Path(str(data[key])).expanduser()
+                    data[key] = str(p if p.is_absolute() else (base / p))
+        return cls(**data, lora=lora, loss=loss)
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a YAML recipe; ``overrides`` (None values ignored) replace its top-level keys."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: the top level must be a mapping")
+    # Command-line paths are relative to the working directory, recipe paths to the recipe.
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = str(Path(value).resolve()) if key in ("out", "model", "data") else value
+    return TrainConfig.from_dict(data, base=path.resolve().parent)

@@ -1,0 +1,101 @@
+"""Training losses: LM cross-entropy over labelled tokens, and the mask loss (BCE + Dice).
+
+The mask loss follows the release's mmdet losses: sigmoid BCE averaged over pixels and the "naive"
+Dice ``1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps)`` with eps = 1, averaged over masks, each
+with its own weight (release BCE x 2 + Dice x 0.5; paper lambda = 0.5 -> 0.5 and 0.5).
+
+SAM-2 proposes three candidate masks per prompt and tscope's inference keeps the one with the best
+*predicted* IoU. :func:`candidate_seg_loss` trains that choice the way SAM itself is trained: the
+BCE + Dice loss back-propagates through the candidate closest to the ground truth, and the IoU head
+regresses each candidate's actual IoU (MSE, ``iou_weight``), so the candidate inference picks is the
+one that learned the mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # label of positions excluded from the LM loss (prompt, image and region tokens)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy. ``logits`` (L, V) predict position i+1 from i; ``labels`` (L,) with
+    ``IGNORE`` where a token is not a target. Returns the mean over target tokens (0 if none)."""
+    shift_logits, shift_labels = logits[:-1].float(), labels[1:].to(logits.device)
+    if not (shift_labels != IGNORE).any():
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE)
+
+
+def _fit(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits (N, h, w) -> (N, H, W), bilinear as inference resizes them before thresholding."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits.float()
+    return F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def bce_per_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) logits and {0, 1} targets -> (N,) mean sigmoid BCE per mask."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+
+def dice_per_mask(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """(N, H, W) logits and {0, 1} targets -> (N,) naive Dice loss of sigmoid(logits) per mask."""
+    prob = logits.float().sigmoid().flatten(1)
+    flat = target.float().flatten(1)
+    return 1 - (2 * (prob * flat).sum(-1) + eps) / (prob.sum(-1) + flat.sum(-1) + eps)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    return dice_per_mask(logits, target, eps).mean()
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 2.0,
+             dice_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted BCE + Dice of mask logits (N, h, w) against full-size targets (N, H, W), mean over masks.
+
+    Returns (loss, {"bce", "dice"}).
+    """
+    logits = _fit(logits, tuple(target.shape[-2:]))
+    bce, dice = bce_per_mask(logits, target).mean(), dice_per_mask(logits, target).mean()
+    return bce_weight * bce + dice_weight * dice, {"bce": float(bce.detach()), "dice": float(dice.detach())}
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> list[float | None]:
+    """IoU per mask of (sigmoid(resized logits) > 0.5) against bool targets (N, H, W); None when both empty."""
+    with torch.no_grad():
+        pred = _fit(logits, tuple(target.shape[-2:])).sigmoid() > 0.5
+        truth = target.bool().to(pred.device)
+        inter = (pred & truth).flatten(1).sum(-1)
+        union = (pred | truth).flatten(1).sum(-1)
+    return [None if int(u) == 0 else float(i) / float(u) for i, u in zip(inter, union, strict=True)]
+
+
+def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor,
+                       bce_weight: float = 2.0, dice_weight: float = 0.5,
+                       iou_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """SAM-2's candidates (N, C, h, w) with predicted IoUs (N, C) against targets (N, H, W).
+
+    Returns (loss, {"bce", "dice", "iou_mse"} of the trained candidates, the index (N,) of the
+    candidate inference would keep: best predicted IoU).
+    """
+    n, c = candidates.shape[:2]
+    size = tuple(target.shape[-2:])
+    full = _fit(candidates.flatten(0, 1), size).view(n, c, *size)
+    flat_target = target[:, None].expand(n, c, *size).flatten(0, 1)
+    bce = bce_per_mask(full.flatten(0, 1), flat_target).view(n, c)
+    dice = dice_per_mask(full.flatten(0, 1), flat_target).view(n, c)
+    per = bce_weight * bce + dice_weight * dice
+    best = per.detach().argmin(1)
+    rows = torch.arange(n, device=per.device)
+    loss = per[rows, best].mean()
+    with torch.no_grad():
+        # Both empty counts as a perfect mask (IoU 1) for the IoU head.
+        actual = torch.tensor([[1.0 if v is None else v for v in mask_iou(candidates[:, j], target)]
+                               for j in range(c)], device=iou_pred.device).T
+    iou_mse = F.mse_loss(iou_pred.float(), actual)
+    loss = loss + iou_weight * iou_mse
+    parts = {"bce": float(bce[rows, best].detach().mean()), "dice": float(dice[rows, best].detach().mean()),
+             "iou_mse": float(iou_mse.detach())}
+    return loss, parts, iou_pred.detach().argmax(1)
