@@ -51,6 +51,29 @@ def test_config_errors_and_overrides(tmp_path):
     assert TrainConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ("lr: abc", "lr must be float"),
+    ("batch_size: 3.5", "batch_size must be int"),
+    ("train_embeddings: 1", "train_embeddings must be bool"),
+    ("betas: 0.9", "betas must be two numbers"),
+    ("loss: {bce_weight: x}", "loss.bce_weight must be float"),
+    ("lora: {target_modules: q_proj}", "lora.target_modules must be a list"),
+])
+def test_config_values_of_the_wrong_type_are_input_errors(tmp_path, line, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"stage: 2\nmodel: m\ndata: d.jsonl\n{line}\n")
+    with pytest.raises(InputError, match=message):
+        load_config(path)
+
+
+def test_config_accepts_yaml_floats_without_a_dot(tmp_path):
+    # PyYAML reads 4e-5 as a string (YAML 1.1 floats need a dot); a recipe author means the number.
+    path = tmp_path / "r.yaml"
+    path.write_text("stage: 2\nmodel: m\ndata: d.jsonl\nlr: 4e-5\nloss: {dice_weight: 1}\n")
+    cfg = load_config(path)
+    assert cfg.lr == 4e-5 and isinstance(cfg.loss.dice_weight, float)
+
+
 def test_lm_loss_only_counts_labelled_positions():
     torch.manual_seed(0)
     logits = torch.randn(6, 11)

@@ -17,6 +17,38 @@ STAGES = (1, 2)
 PRECISIONS = ("bf16", "fp16", "fp32")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("cosine", "linear", "constant")
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _check_types(recipe: Any, where: str = "") -> None:
+    """Check (and where harmless, coerce) each scalar field of a recipe dataclass against its annotation.
+
+    YAML hands over whatever the file says; ``lr: 4e-5`` is even a *string* to PyYAML (its floats
+    need a dot), so numbers written as strings are accepted for float fields.
+    """
+    for f in fields(recipe):
+        value = getattr(recipe, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]  # annotations are strings (postponed)
+        if value is None and "None" in kinds:
+            continue
+        expected = _SCALARS.get(kinds[0])
+        if expected is None:
+            continue  # containers and nested recipes are checked where they are used
+        if expected is float and not isinstance(value, bool):
+            if isinstance(value, int | float):
+                setattr(recipe, f.name, float(value))
+                continue
+            if isinstance(value, str):
+                try:
+                    setattr(recipe, f.name, float(value))
+                    continue
+                except ValueError:
+                    pass
+        elif isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
+            continue
+        raise InputError(f"training config: {where}{f.name} must be {kinds[0]}, got {value!r}")
+
+
 # Every linear layer of a Qwen2 decoder block: the release wraps all LLM linears but lm_head.
 QWEN2_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -29,6 +61,12 @@ class LoraRecipe:
     alpha: int = 256
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(QWEN2_LINEARS))
+
+    def __post_init__(self) -> None:
+        _check_types(self, "lora.")
+        if not isinstance(self.target_modules, list) or not all(isinstance(m, str) for m in self.target_modules):
+            raise InputError(
+                f"training config: lora.target_modules must be a list of names, got {self.target_modules!r}")
 
 
 @dataclass
@@ -44,6 +82,9 @@ class LossRecipe:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     iou_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_types(self, "loss.")
 
 
 @dataclass
@@ -85,6 +126,7 @@ class TrainConfig:
     loss: LossRecipe = field(default_factory=LossRecipe)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.stage not in STAGES:
             raise InputError(f"stage must be 1 or 2, got {self.stage!r}")
         if self.precision not in PRECISIONS:
@@ -99,7 +141,11 @@ class TrainConfig:
             raise InputError("warmup_ratio and eval_fraction must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"max_steps must be >= 1, got {self.max_steps}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        try:
+            beta1, beta2 = (float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise InputError(f"training config: betas must be two numbers, got {self.betas!r}") from None
+        self.betas = (beta1, beta2)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
