@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
+from rasterio.windows import Window
 
 from tscope import __version__
 from tscope.errors import InputError
@@ -42,6 +43,9 @@ from tscope.geo.writers import atomic_path, write_json
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max", "med")
 MODES = ("auto", "stack", "pair")
 BLOCK = 512
+# GDAL's block cache while writing: its default (5 % of RAM) lets RSS grow with the raster's size;
+# tiled files need only a few rows of blocks.
+WRITE_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -134,30 +138,32 @@ def _profile(grid: Grid, count: int) -> dict:
                 blockxsize=BLOCK, blockysize=BLOCK)
 
 
-def write_array_cog(dst: str | Path, data: np.ndarray, grid: Grid, names: Sequence[str], nodata: float,
-                    scales: Sequence[float] | None = None, offsets: Sequence[float] | None = None,
-                    tags: dict[str, str] | None = None) -> Path:
-    """Write ``data`` (bands, rows, cols) on ``grid`` as a COG: band descriptions = common names.
+def write_blocks_cog(dst: str | Path, grid: Grid, names: Sequence[str], dtype: str | np.dtype, nodata: float,
+                     blocks: Iterable[tuple[Window, np.ndarray]], scales: Sequence[float] | None = None,
+                     offsets: Sequence[float] | None = None, tags: dict[str, str] | None = None) -> Path:
+    """Write ``blocks`` ((window, (bands, rows, cols) array) pairs covering ``grid``) as one COG.
 
-    ``scales``/``offsets`` are written as the GeoTIFF's per-band scale and offset (value = stored *
-    scale + offset), which :func:`tscope.geo.scene.open_scene` applies when reading.
+    Band descriptions are the common names; ``scales``/``offsets`` become the GeoTIFF's per-band scale
+    and offset (value = stored * scale + offset), which :func:`tscope.geo.scene.open_scene` applies.
+    Memory holds one block: blocks go to a hidden scratch GeoTIFF beside ``dst``, which GDAL's COG
+    driver then copies (overviews included) into place atomically; a failure leaves neither file.
     """
-    from rasterio.io import MemoryFile
-
-    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(names), dtype=data.dtype,
+    dst = Path(dst)
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(names), dtype=np.dtype(dtype).name,
                    crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=BLOCK,
-                   blockysize=BLOCK)
-    with MemoryFile() as memfile:
-        with memfile.open(**profile) as tmp:
-            tmp.write(data)
-            _describe(tmp, names, tags)
+                   blockysize=BLOCK, compress="DEFLATE", zlevel=1, bigtiff="IF_SAFER")
+    with _scratch(dst.parent, dst.stem) as tmp, rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_BYTES):
+        with rasterio.open(tmp, "w", **profile) as out:
+            _describe(out, names, tags)
             if scales is not None:
-                tmp.scales = tuple(float(s) for s in scales)
+                out.scales = tuple(float(v) for v in scales)
             if offsets is not None:
-                tmp.offsets = tuple(float(o) for o in offsets)
-        with memfile.open() as src:
+                out.offsets = tuple(float(v) for v in offsets)
+            for window, block in blocks:
+                out.write(block, window=window)
+        with rasterio.open(tmp) as src:
             _copy_cog(src, dst, categorical=any(n in CATEGORICAL for n in names))
-    return Path(dst)
+    return dst
 
 
 def _describe(dst: rasterio.io.DatasetWriter, names: Sequence[str], tags: dict[str, str] | None) -> None:
@@ -169,8 +175,9 @@ def _describe(dst: rasterio.io.DatasetWriter, names: Sequence[str], tags: dict[s
 
 def _copy_cog(src: rasterio.io.DatasetReader, dst: str | Path, categorical: bool) -> None:
     # Overviews by nearest when a categorical band (SCL) shares the file: averaged classes mean nothing.
-    with atomic_path(dst) as out:
-        rasterio.shutil.copy(src, out, driver="COG", compress="DEFLATE", blocksize=BLOCK,
+    # Deflate on every core: compression is most of a large COG's writing time.
+    with atomic_path(dst) as out, rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_BYTES):
+        rasterio.shutil.copy(src, out, driver="COG", compress="DEFLATE", blocksize=BLOCK, num_threads="ALL_CPUS",
                              overview_resampling="nearest" if categorical else "average")
 
 

@@ -16,12 +16,12 @@ from typing import Any
 
 from tscope import __version__
 from tscope.errors import InputError
-from tscope.geo.stack import grid_dict, write_array_cog
+from tscope.geo.stack import grid_dict
 from tscope.geo.vector import read_vector_wgs84
 from tscope.geo.writers import write_json
 from tscope.stac.catalogs import gdal_credentials, resolve_catalog
 from tscope.stac.http import NetworkPolicy
-from tscope.stac.load import LoadOptions, aoi_grid, group_items, load_scene
+from tscope.stac.load import LoadOptions, aoi_grid, group_items, solar_date, write_scene
 from tscope.stac.names import safe_name
 from tscope.stac.search import SearchRequest, item_summary, search
 
@@ -79,12 +79,12 @@ def fetch(request: FetchRequest, out: str | Path, *, overwrite: bool = False, po
     scenes = []
     for done, (group, name) in enumerate(zip(groups, names, strict=True)):
         log.info("loading %s (%d item(s))", name, len(group))
-        scene = load_scene(group, request.search.geometry, grid, request.load, gdal_options)
-        tags = {"ACQUISITION": scene.date, "STAC_ITEMS": ",".join(i.id for i in group),
+        tags = {"ACQUISITION": solar_date(group[0]), "STAC_ITEMS": ",".join(i.id for i in group),
                 "COLLECTION": query["search"]["collection"], "CATALOG": catalog.url,
                 "SOFTWARE": f"tscope {__version__}"}
-        tif = write_array_cog(out / f"{name}.tif", scene.data, grid, scene.names, scene.nodata,
-                              scales=scene.scales, offsets=scene.offsets, tags=tags)
+        scene = write_scene(group, request.search.geometry, grid, request.load, gdal_options, out / f"{name}.tif",
+                            tags)
+        tif = scene.path
         record = {
             "tscope_version": __version__,
             "file": tif.name,

@@ -17,13 +17,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.windows import Window
 
 from tscope.errors import InputError, RuntimeFailure
 from tscope.geo.bands import COMMON_NAMES, SAR_NAMES, normalise_band_name
-from tscope.geo.grid import Grid
+from tscope.geo.grid import BLOCK, Grid
 
 S2_DEFAULT_BANDS = ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
                     "swir16", "swir22", "scl")
@@ -233,9 +235,9 @@ def choose_bands(items: Sequence[Any], wanted: Sequence[str] | None) -> dict[str
 
 @dataclass
 class LoadedScene:
-    """One scene's pixels on the AOI grid: ``data`` is (bands, rows, cols) in the stored dtype."""
+    """One scene written on the AOI grid (``path``), with what the sidecar records about it."""
 
-    data: np.ndarray
+    path: Path
     names: list[str]
     grid: Grid
     nodata: float
@@ -264,70 +266,110 @@ def _stac_cfg(items: Sequence[Any], bands: dict[str, str]) -> dict:
     return cfg
 
 
-def load_scene(items: Sequence[Any], geometry: dict, grid: Grid, options: LoadOptions,
-               gdal_options: dict[str, str]) -> LoadedScene:
-    """Read ``items`` (one scene) onto ``grid``; every read must succeed or this raises RuntimeFailure."""
+def write_scene(items: Sequence[Any], geometry: dict, grid: Grid, options: LoadOptions, gdal_options: dict[str, str],
+                dst: Path, tags: dict[str, str] | None = None) -> LoadedScene:
+    """Read ``items`` (one scene) onto ``grid`` and write them to ``dst`` as a COG, block by block.
+
+    odc-stac loads lazily in :data:`BLOCK`-pixel chunks; each block of every band is read, masked
+    (nodata, outside the AOI, clouds when asked) and written before the next is read, so memory
+    holds one block whatever the AOI's size. Every read must succeed or this raises RuntimeFailure
+    and writes nothing.
+    """
     import odc.stac
     import rasterio
     from odc.geo.geobox import GeoBox
+    from rasterio.warp import transform_geom
 
     bands = choose_bands(items, options.bands)
     names = list(bands)
     box = GeoBox((grid.height, grid.width), grid.transform, grid.crs.to_wkt())
     resampling = {key: ("nearest" if name in CATEGORICAL else options.resampling) for name, key in bands.items()}
+    aoi = transform_geom("EPSG:4326", grid.crs, geometry) if options.clip else None
+    scaling = [band_scaling(items[0], bands[n], n) for n in names]
+    counts = {"valid": 0, "cloudy": 0, "kept": 0}
     try:
+        # odc-stac captures this environment at load() and restores it in every chunk's read task.
         with rasterio.Env(**gdal_options):
             ds = odc.stac.load(
                 list(items), bands=list(bands.values()), geobox=box, groupby=lambda item, parsed, idx: 0,
-                resampling=resampling, chunks=None, fail_on_error=True, stac_cfg=_stac_cfg(items, bands),
-                pool=None,
+                resampling=resampling, chunks={"y": BLOCK, "x": BLOCK}, fail_on_error=True,
+                stac_cfg=_stac_cfg(items, bands),
             )
+            float_out = any(n in SAR_NAMES for n in names) or any(ds[bands[n]].dtype.kind == "f" for n in names)
+            dtype = np.dtype(np.float32 if float_out else np.uint16)
+            nodata = float("nan") if float_out else 0.0
+            band_nodata = {n: ds[bands[n]].attrs.get("nodata") for n in names}
+
+            def blocks():
+                for window in grid.windows(BLOCK):
+                    rows = slice(window.row_off, window.row_off + window.height)
+                    cols = slice(window.col_off, window.col_off + window.width)
+                    # One chunk of every band, read in this thread: odc-stac hands worker threads the
+                    # GDAL options but not S3 keys (its "session keys"), which only this thread's Env has.
+                    part = ds.isel(time=0, y=rows, x=cols).compute(scheduler="synchronous")
+                    arrays = [np.asarray(part[bands[n]].values) for n in names]
+                    inside = None
+                    if aoi is not None:
+                        inside = _inside(aoi, grid, window)
+                    yield window, _mask_block(names, arrays, band_nodata, dtype, nodata, inside,
+                                              options.mask_clouds, counts)
+
+            from tscope.geo.stack import write_blocks_cog
+
+            write_blocks_cog(dst, grid, names, dtype, nodata, blocks(), scales=[sc for sc, _ in scaling],
+                             offsets=[off for _, off in scaling], tags=tags)
     except (InputError, RuntimeFailure):
         raise
     except Exception as exc:  # noqa: BLE001 - odc-stac/rasterio raise many types; one clear line instead
         raise RuntimeFailure(f"reading {', '.join(i.id for i in items)} failed (unreachable, refused or"
                              f" truncated asset): {_first_line(exc)}") from exc
-    arrays = [np.asarray(ds[bands[n]].isel(time=0).values) for n in names]
-    is_sar = any(n in SAR_NAMES for n in names)
-    float_out = is_sar or any(a.dtype.kind == "f" for a in arrays)
-    dtype = np.float32 if float_out else np.uint16
-    nodata = float("nan") if float_out else 0.0
-    stack = np.empty((len(names), grid.height, grid.width), dtype=dtype)
-    valid = np.ones(grid.shape, dtype=bool)
-    for i, (name, array) in enumerate(zip(names, arrays, strict=True)):
-        band_nodata = ds[bands[name]].attrs.get("nodata")
-        band_valid = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, bool)
-        if band_nodata is not None and not (isinstance(band_nodata, float) and math.isnan(band_nodata)):
-            band_valid &= array != band_nodata
-        if name not in CATEGORICAL:
-            valid &= band_valid
-        out = array.astype(dtype, copy=False)
-        stack[i] = np.where(band_valid, out, dtype(nodata))
-    if options.clip:
-        valid &= _inside(geometry, grid)
+    pixels = grid.width * grid.height
     cloud_percent = None
     if "scl" in names:
-        scl = stack[names.index("scl")]
-        cloudy = np.isin(scl, SCL_CLOUD) & valid
-        cloud_percent = round(100.0 * np.count_nonzero(cloudy) / max(1, np.count_nonzero(valid)), 4)
-        if options.mask_clouds:
-            valid &= ~cloudy
-    stack[:, ~valid] = dtype(nodata)
-    scaling = [band_scaling(items[0], bands[n], n) for n in names]
+        cloud_percent = round(100.0 * counts["cloudy"] / max(1, counts["valid"]), 4)
     return LoadedScene(
-        data=stack, names=names, grid=grid, nodata=nodata, scales=[s for s, _ in scaling],
-        offsets=[o for _, o in scaling], items=list(items), date=solar_date(items[0]),
-        cloud_percent=cloud_percent, nodata_percent=round(100.0 * (1 - valid.mean()), 4),
+        path=dst, names=names, grid=grid, nodata=nodata, scales=[sc for sc, _ in scaling],
+        offsets=[off for _, off in scaling], items=list(items), date=solar_date(items[0]),
+        cloud_percent=cloud_percent, nodata_percent=round(100.0 * (1 - counts["kept"] / pixels), 4),
     )
 
 
-def _inside(geometry: dict, grid: Grid) -> np.ndarray:
-    """Pixels whose centre falls in the AOI polygon (in the grid's CRS)."""
-    from rasterio.features import geometry_mask
-    from rasterio.warp import transform_geom
+def _mask_block(names: list[str], arrays: list[np.ndarray], band_nodata: dict[str, Any], dtype: np.dtype,
+                nodata: float, inside: np.ndarray | None, mask_clouds: bool, counts: dict[str, int]) -> np.ndarray:
+    """One block of every band -> (bands, rows, cols) in ``dtype`` with ``nodata`` wherever a pixel is
+    invalid (any non-categorical band's nodata, outside the AOI, or, with ``mask_clouds``, an SCL cloud
+    class). Adds the block's valid, cloudy and kept pixels to ``counts``."""
+    shape = arrays[0].shape
+    stack = np.empty((len(names), *shape), dtype=dtype)
+    valid = np.ones(shape, dtype=bool)
+    for i, (name, array) in enumerate(zip(names, arrays, strict=True)):
+        band_valid = np.isfinite(array) if array.dtype.kind == "f" else np.ones(shape, bool)
+        marker = band_nodata[name]
+        if marker is not None and not (isinstance(marker, float) and math.isnan(marker)):
+            band_valid &= array != marker
+        if name not in CATEGORICAL:
+            valid &= band_valid
+        stack[i] = np.where(band_valid, array.astype(dtype, copy=False), dtype.type(nodata))
+    if inside is not None:
+        valid &= inside
+    counts["valid"] += int(np.count_nonzero(valid))
+    if "scl" in names:
+        cloudy = np.isin(stack[names.index("scl")], SCL_CLOUD) & valid
+        counts["cloudy"] += int(np.count_nonzero(cloudy))
+        if mask_clouds:
+            valid &= ~cloudy
+    counts["kept"] += int(np.count_nonzero(valid))
+    stack[:, ~valid] = dtype.type(nodata)
+    return stack
 
-    geom = transform_geom("EPSG:4326", grid.crs, geometry)
-    return geometry_mask([geom], out_shape=grid.shape, transform=grid.transform, invert=True)
+
+def _inside(aoi: dict, grid: Grid, window: Window) -> np.ndarray:
+    """Pixels of ``window`` whose centre falls in the AOI polygon (``aoi`` already in the grid's CRS)."""
+    from rasterio.features import geometry_mask
+    from rasterio.windows import transform as window_transform
+
+    return geometry_mask([aoi], out_shape=(window.height, window.width),
+                         transform=window_transform(window, grid.transform), invert=True)
 
 
 def _first_line(exc: BaseException) -> str:
