@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +43,26 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(dst: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``dst``; it replaces ``dst`` only if the block succeeds.
+
+    A folder cannot be renamed over a non-empty one, so an existing ``dst`` is removed just before the
+    rename: a crash in between leaves no ``dst`` rather than a half-written one.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        yield tmp
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_text(dst: str | Path, text: str) -> Path:

@@ -20,13 +20,13 @@ Two layouts are accepted by :func:`load_terrascope`:
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tscope.errors import InputError
+from tscope.geo.writers import atomic_dir
 from tscope.model.config import NATIVE_CONFIG, NATIVE_FORMAT, TerraScopeConfig
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -266,21 +266,13 @@ def save_terrascope(model, tokenizer, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         (tmp / NATIVE_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         model.internvl.save_pretrained(str(tmp / "internvl"), safe_serialization=True)
         model.sam2.save_pretrained(str(tmp / "sam2"), safe_serialization=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in model.seg_head.state_dict().items()},
                   str(tmp / "seg_head.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(tmp))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

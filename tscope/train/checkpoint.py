@@ -18,13 +18,13 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from tscope.errors import InputError
+from tscope.geo.writers import atomic_dir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -83,8 +83,7 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, tokenizer, optimizer
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         trainer = tmp / "trainer"
         trainer.mkdir()
         save_file(trainable_state(model), str(trainer / "trainable.safetensors"), metadata={"format": "pt"})
@@ -93,12 +92,6 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, tokenizer, optimizer
         (trainer / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": meta}, indent=2) + "\n")
         if export:
             export_model(model, tokenizer, tmp / "model")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
