@@ -319,3 +319,39 @@ def test_two_processes_train_like_one(tiny, cot, tmp_path):
     assert not torch.allclose(a["seg_head.0.weight"], init["0.weight"], atol=1e-4)  # it did train
     lines = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2] and lines[0]["samples"] == 4
+
+
+def test_a_process_whose_sample_is_skipped_still_joins_the_all_reduce(tiny, cot, tmp_path):
+    """Batch 2 on two processes: each forwards one sample per step. The one sample longer than max_length
+    leaves its process with nothing to back-propagate; a zero-loss backward keeps it in DDP's all-reduce
+    (without it the other process waits forever), and the result equals the single-process run."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    config = recipe(tmp_path / "d.yaml", stage=2, model=tiny, data=cot / "four.jsonl", batch_size=2,
+                    max_length=588)  # the four samples are 583, 585, 588 and 589 tokens long
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tscope",
+                          "train", "stage2", "--config", str(config), "--out", str(tmp_path / "ddp"), "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    train(load_config(config, out=tmp_path / "one"))
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(m["skipped"] for m in one) == 1
+    a = load_file(str(tmp_path / "ddp" / "checkpoints" / "step-000002" / "trainer" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "one" / "checkpoints" / "step-000002" / "trainer" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_held_out_samples_longer_than_max_length_are_counted_not_fatal(tiny, cot):
+    from tscope.model.loading import load_terrascope
+    from tscope.train.dataset import TrainData, read_jsonl
+    from tscope.train.evaluate import evaluate_holdout
+    from tscope.train.forward import TeacherForcing
+
+    loaded = load_terrascope(tiny, dtype="fp32", device="cpu")
+    data = TrainData(read_jsonl(cot / "four.jsonl"), cot)
+    scores = evaluate_holdout(TeacherForcing(loaded.model, loaded.tokenizer, max_length=588), data,
+                              generate_answers=False)
+    assert scores["skipped"] == 1 and scores["samples"] == 3 and scores["lm_loss"] > 0

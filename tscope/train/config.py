@@ -122,6 +122,7 @@ class TrainConfig:
     save_total_limit: int = 2
     max_length: int = 8192
     train_embeddings: bool = False
+    gradient_checkpointing: bool = True
     lora: LoraRecipe = field(default_factory=LoraRecipe)
     loss: LossRecipe = field(default_factory=LossRecipe)
 

@@ -37,22 +37,28 @@ def _mean(values: list) -> float | None:
 
 def evaluate_holdout(module, data: TrainData, limit: int | None = None, max_new_tokens: int = 256,
                      generate_answers: bool = True) -> dict:
-    """Score up to ``limit`` samples of ``data`` with a :class:`~tscope.train.forward.TeacherForcing` module."""
+    """Score up to ``limit`` samples of ``data`` with a :class:`~tscope.train.forward.TeacherForcing` module
+    (samples longer than its ``max_length`` are counted as ``skipped``)."""
     import torch
 
     from tscope.bench.evaluate import iou
     from tscope.model.generate import generate
+    from tscope.train.forward import TooLong
     from tscope.train.freeze import train_mode
 
     model, tokenizer = module.model, module.tokenizer
     was_training = model.training
     model.eval()
-    rows = []
+    rows, skipped = [], 0
     try:
         with torch.no_grad():
             for i in range(min(len(data), limit or len(data))):
                 sample = data[i]
-                out = module(sample)
+                try:
+                    out = module(sample)
+                except TooLong:
+                    skipped += 1  # as in training: longer than max_length
+                    continue
                 row = {"id": sample.id, "lm_loss": out["lm_loss"], "seg_loss": out["seg_loss"],
                        "tf_iou": _mean(out["iou"])}
                 if generate_answers:
@@ -72,7 +78,7 @@ def evaluate_holdout(module, data: TrainData, limit: int | None = None, max_new_
     finally:
         if was_training:
             train_mode(model)
-    summary = {"samples": len(rows), "lm_loss": _mean([r["lm_loss"] for r in rows]),
+    summary = {"samples": len(rows), "skipped": skipped, "lm_loss": _mean([r["lm_loss"] for r in rows]),
                "seg_loss": _mean([r["seg_loss"] for r in rows]), "tf_iou": _mean([r["tf_iou"] for r in rows])}
     if generate_answers:
         summary["answer_match"] = _mean([float(r["answer_match"]) for r in rows])

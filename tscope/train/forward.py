@@ -48,10 +48,23 @@ class TeacherInputs:
         return int(self.labels.shape[0])
 
 
-def build_inputs(model, tokenizer, sample: Sample, max_length: int | None = None) -> TeacherInputs:
-    """Sample -> :class:`TeacherInputs`. Visual tokens keep their graph (the projector may train)."""
-    from tscope.model.fusion import fuse_region
-    from tscope.model.generate import Tokens, build_prompt, prompt_embeddings
+@dataclass
+class SequencePlan:
+    """What a sample's sequence will hold, known before any model compute: the tiled images and their
+    layouts, the prompt ids (1, P) and question span, the answer ids, the visual-token indices
+    inserted after each [SEG], and the total ``length``."""
+
+    tiled: list
+    prompt_ids: torch.Tensor
+    span: tuple[int, int]
+    answer_ids: list[int]
+    region_index: list[np.ndarray]
+    length: int
+
+
+def plan_sequence(model, tokenizer, sample: Sample, max_length: int | None = None) -> SequencePlan:
+    """Tokenise and tile ``sample`` (no model forward); raises :class:`TooLong` beyond ``max_length``."""
+    from tscope.model.generate import Tokens, build_prompt
     from tscope.model.images import tile_image
     from tscope.model.regions import select_region_tokens
 
@@ -72,7 +85,19 @@ def build_inputs(model, tokenizer, sample: Sample, max_length: int | None = None
     total += sum(len(i) for i in region_index)
     if max_length and total > max_length:
         raise TooLong(f"sample {sample.id}: {total} tokens > max_length {max_length}")
+    return SequencePlan(tiled, prompt_ids, span, answer_ids, region_index, total)
 
+
+def build_inputs(model, tokenizer, sample: Sample, max_length: int | None = None,
+                 plan: SequencePlan | None = None) -> TeacherInputs:
+    """Sample -> :class:`TeacherInputs`. Visual tokens keep their graph (the projector may train)."""
+    from tscope.model.fusion import fuse_region
+    from tscope.model.generate import Tokens, prompt_embeddings
+
+    plan = plan or plan_sequence(model, tokenizer, sample, max_length)
+    tokens = Tokens(tokenizer, model.config.tokens)
+    tiled, prompt_ids, span, answer_ids, region_index = (plan.tiled, plan.prompt_ids, plan.span, plan.answer_ids,
+                                                          plan.region_index)
     pixels = torch.from_numpy(np.concatenate([t for t, _ in tiled]))
     visual = model.image_tokens(pixels)  # (sum T, N, H)
     per_image, start = [], 0
@@ -131,9 +156,16 @@ class TeacherForcing(nn.Module):
         self.iou_weight = iou_weight
         self.max_length = max_length
 
-    def forward(self, sample: Sample) -> dict:
+    def plan(self, sample: Sample) -> SequencePlan:
+        """Raises :class:`TooLong` before any forward, so the trainer can skip outside DDP's wrapper
+        (a forward that fails inside it has already joined DDP's per-forward collectives)."""
+        return plan_sequence(self.model, self.tokenizer, sample, self.max_length)
+
+    def forward(self, sample: Sample | None, plan: SequencePlan | None = None) -> dict:
         model = self.model
-        inputs = build_inputs(model, self.tokenizer, sample, self.max_length)
+        if sample is None:
+            return self.placeholder()
+        inputs = build_inputs(model, self.tokenizer, sample, self.max_length, plan)
         out = model.language_model(inputs_embeds=inputs.embeds.to(model.device), use_cache=False)
         hidden = out.last_hidden_state  # (1, L, H)
         logits = model.lm_head(hidden.to(model.lm_head.weight.dtype))[0]  # (L, V)
@@ -164,3 +196,11 @@ class TeacherForcing(nn.Module):
             result.update(seg_loss=float(seg_total.detach()), bce=bce, dice=dice, iou_mse=iou_mse, iou=ious)
         result["loss"] = loss
         return result
+
+    def placeholder(self) -> dict:
+        """A zero loss over every trainable parameter, for a sample that cannot train (too long, or
+        nothing trainable in it): its backward keeps every process's count of backward passes, and
+        so DDP's gradient all-reduce and DeepSpeed's accumulation boundary, in step."""
+        zero = sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
+        return {"loss": zero, "lm_loss": 0.0, "seg_loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "iou": [],
+                "tokens": 0, "length": 0}

@@ -1,8 +1,9 @@
 """Training losses: LM cross-entropy over labelled tokens, and the mask loss (BCE + Dice).
 
-The mask loss follows the release's mmdet losses: sigmoid BCE averaged over pixels and the "naive"
-Dice ``1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps)`` with eps = 1, averaged over masks, each
-with its own weight (release BCE x 2 + Dice x 0.5; paper lambda = 0.5 -> 0.5 and 0.5).
+The mask loss has the release's terms and weights (sigmoid BCE averaged over pixels and the "naive"
+Dice ``1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps)`` with eps = 1, averaged over masks; release
+BCE x 2 + Dice x 0.5, paper lambda = 0.5 -> 0.5 and 0.5), computed densely on the logits upsampled to
+the image, where the release samples 12544 uncertainty points.
 
 SAM-2 proposes three candidate masks per prompt and tscope's inference keeps the one with the best
 *predicted* IoU. :func:`candidate_seg_loss` trains that choice the way SAM itself is trained: the

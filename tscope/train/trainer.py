@@ -31,15 +31,17 @@ log = logging.getLogger("tscope.train")
 # Recipe keys a resumed run must share with the checkpoint (they fix data order and schedule).
 RESUME_KEYS = ("stage", "model", "data", "image_root", "eval_data", "eval_fraction", "batch_size", "lr", "scheduler",
                "warmup_ratio", "warmup_start_factor", "min_lr", "epochs", "optimizer", "betas", "weight_decay",
-               "seed", "lora", "loss", "train_embeddings")
+               "seed", "lora", "loss", "train_embeddings", "max_length")
 
 StepCallback = Callable[[dict], None]
 
 
 def _accelerator(config: TrainConfig):
+    from datetime import timedelta
+
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     cuda = torch.cuda.is_available() and config.device != "cpu"
     mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[config.precision]
@@ -50,12 +52,16 @@ def _accelerator(config: TrainConfig):
         mixed = "no"
     # The loop accumulates and scales gradients itself, and accelerate's backward() divides the loss by
     # gradient_accumulation_steps: leave it at 1, except under DeepSpeed, whose engine needs the number of
-    # backward passes per step (its config's "auto") and does the division instead.
+    # backward passes per step (train/deepspeed_zero2.json says "auto": accelerate fills in this value)
+    # and does the division instead; the loop then marks each step's last backward (accelerate.accumulate).
     steps = 1
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         steps = max(1, config.batch_size // int(os.environ.get("WORLD_SIZE", "1")))
+    # Process 0 alone scores the held-out split while the others wait in the next all-reduce: allow
+    # more than NCCL's default 10 minutes for it.
     return Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=steps,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+                                        InitProcessGroupKwargs(timeout=timedelta(hours=2))])
 
 
 def _metrics_lines(path: Path, upto: int) -> None:
@@ -117,7 +123,9 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
         records, held_records = split_holdout(records, config.eval_fraction, config.seed)
         held = TrainData(held_records, root)
     data = TrainData(records, root)
-    drop_last = world > 1  # every process must run the same number of backward passes
+    # Every process must run the same number of backward passes, and DeepSpeed exactly its accumulation
+    # steps per optimizer step: no partial last batch then.
+    drop_last = world > 1 or deepspeed
     try:
         per_epoch = steps_per_epoch(len(data), config.batch_size, drop_last)
     except ValueError as exc:
@@ -130,6 +138,15 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
     loaded = load_terrascope(config.model, dtype="fp32", device=device, quant="none")
     model, tokenizer = loaded.model, loaded.tokenizer
     trainable = apply_stage(model, config.stage, config.lora, config.train_embeddings)
+    if config.gradient_checkpointing:
+        # Recompute the LLM's layer activations in backward instead of keeping them: a 12-tile image is
+        # ~3k tokens, a pair twice that, and 8B activations per token do not fit otherwise (the release
+        # enables it too). Non-reentrant, so frozen inputs need no requires_grad.
+        llm = model.language_model
+        if hasattr(llm, "activation_checkpointing_enable"):  # its name from transformers 5.x on
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_mode(model)
     module = TeacherForcing(model, tokenizer, config.loss.lm_weight, config.loss.bce_weight, config.loss.dice_weight,
                             config.loss.iou_weight, config.max_length)
@@ -174,18 +191,26 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
         sums = {"loss": 0.0, "lm_loss": 0.0, "seg_loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0}
         ious, tokens, skipped, done = [], 0, 0, 0
         for k, index in enumerate(mine):
-            sync = contextlib.nullcontext() if k == len(mine) - 1 else acc.no_sync(wrapped)
+            if deepspeed:  # the engine steps at the boundary accelerate.accumulate marks (every `steps` passes)
+                sync = acc.accumulate(wrapped)
+            else:  # DDP all-reduces gradients in the last backward of the step only
+                sync = contextlib.nullcontext() if k == len(mine) - 1 else acc.no_sync(wrapped)
             with sync:
+                # Every sample gets exactly one backward, so all processes reach the all-reduce (DDP)
+                # and the accumulation boundary (DeepSpeed) together; one that cannot train gets the
+                # placeholder's zero loss instead.
+                sample = data[index]
                 try:
-                    result = wrapped(data[index])
+                    plan = module.plan(sample)
                 except TooLong as exc:
-                    if deepspeed:  # DeepSpeed counts backward passes to find the step boundary
-                        raise InputError(f"{exc} (DeepSpeed cannot skip samples)") from None
                     log.warning("%s; skipped", exc)
-                    skipped += 1
-                    continue
-                if result["loss"].requires_grad:  # stage 1 on a sample without [SEG] has nothing to train
-                    acc.backward(result["loss"] * scale)
+                    plan = None
+                result = wrapped(sample, plan) if plan is not None else None
+                usable = result is not None and result["loss"].requires_grad  # stage 1 without [SEG]: nothing
+                acc.backward((result["loss"] * scale) if usable else wrapped(None)["loss"])
+            if result is None:
+                skipped += 1
+                continue
             sums["loss"] += float(result["loss"].detach())
             for key in ("lm_loss", "seg_loss", "bce", "dice", "iou_mse"):
                 sums[key] += result[key]
