@@ -132,35 +132,42 @@ def target_grid(scenes: Sequence[Scene], options: StackOptions) -> Grid:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _profile(grid: Grid, count: int) -> dict:
-    return dict(driver="GTiff", width=grid.width, height=grid.height, count=count, dtype="float32",
-                crs=grid.crs, transform=grid.transform, nodata=float("nan"), tiled=True,
+def _profile(grid: Grid, count: int, dtype: str = "float32", nodata: float = float("nan")) -> dict:
+    return dict(driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
+                crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True,
                 blockxsize=BLOCK, blockysize=BLOCK)
 
 
+# (window, (bands, rows, cols) array, the 1-based bands it fills or None for all)
+Block = tuple[Window, np.ndarray, Sequence[int] | None]
+
+
 def write_blocks_cog(dst: str | Path, grid: Grid, names: Sequence[str], dtype: str | np.dtype, nodata: float,
-                     blocks: Iterable[tuple[Window, np.ndarray]], scales: Sequence[float] | None = None,
-                     offsets: Sequence[float] | None = None, tags: dict[str, str] | None = None) -> Path:
-    """Write ``blocks`` ((window, (bands, rows, cols) array) pairs covering ``grid``) as one COG.
+                     blocks: Iterable[Block], *, scales: Sequence[float] | None = None,
+                     offsets: Sequence[float] | None = None, tags: dict[str, str] | None = None,
+                     band_tags: Sequence[dict[str, str]] | None = None) -> Path:
+    """Write ``blocks`` covering ``grid`` as one COG (what ``fetch`` and ``stack`` write).
 
     Band descriptions are the common names; ``scales``/``offsets`` become the GeoTIFF's per-band scale
-    and offset (value = stored * scale + offset), which :func:`tscope.geo.scene.open_scene` applies.
-    Memory holds one block: blocks go to a hidden scratch GeoTIFF beside ``dst``, which GDAL's COG
-    driver then copies (overviews included) into place atomically; a failure leaves neither file.
+    and offset (value = stored * scale + offset), which :func:`tscope.geo.scene.open_scene` applies;
+    ``band_tags`` are per-band metadata. Memory holds one block: blocks go to a hidden scratch GeoTIFF
+    beside ``dst``, which GDAL's COG driver then copies (overviews included) into place atomically; a
+    failure leaves neither file.
     """
     dst = Path(dst)
-    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(names), dtype=np.dtype(dtype).name,
-                   crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=BLOCK,
-                   blockysize=BLOCK, compress="DEFLATE", zlevel=1, bigtiff="IF_SAFER")
+    profile = _profile(grid, len(names), np.dtype(dtype).name, nodata) | dict(compress="DEFLATE", zlevel=1,
+                                                                              bigtiff="IF_SAFER")
     with _scratch(dst.parent, dst.stem) as tmp, rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_BYTES):
         with rasterio.open(tmp, "w", **profile) as out:
             _describe(out, names, tags)
+            for i, extra in enumerate(band_tags or (), start=1):
+                out.update_tags(i, **extra)
             if scales is not None:
                 out.scales = tuple(float(v) for v in scales)
             if offsets is not None:
                 out.offsets = tuple(float(v) for v in offsets)
-            for window, block in blocks:
-                out.write(block, window=window)
+            for window, block, indexes in blocks:
+                out.write(block, indexes=list(indexes) if indexes is not None else None, window=window)
         with rasterio.open(tmp) as src:
             _copy_cog(src, dst, categorical=any(n in CATEGORICAL for n in names))
     return dst
@@ -247,19 +254,17 @@ def _write_scenes(scenes: Sequence[Scene], dst: Path, grid: Grid, options: Stack
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"both scenes have {', '.join(dup)}: write them as a pair (--mode pair)")
-    with _scratch(dst.parent, dst.name) as tmp:
-        with rasterio.open(tmp, "w", **_profile(grid, len(names))) as out:
-            first = 1
-            for scene in scenes:
-                indexes = list(range(first, first + len(scene.bands)))
-                for window, block in _blocks_on_grid(scene, scene.bands, grid, options, dst.parent):
-                    out.write(block, indexes=indexes, window=window)
-                first += len(scene.bands)
-            _describe(out, names, tags)
-            for i, name in enumerate(names, start=1):
-                out.update_tags(i, RESAMPLING=options.resampling_for(name))
-        with rasterio.open(tmp) as src:
-            _copy_cog(src, dst, categorical=any(n in CATEGORICAL for n in names))
+
+    def blocks() -> Iterator[Block]:
+        first = 1
+        for scene in scenes:
+            indexes = list(range(first, first + len(scene.bands)))
+            for window, block in _blocks_on_grid(scene, scene.bands, grid, options, dst.parent):
+                yield window, block, indexes
+            first += len(scene.bands)
+
+    write_blocks_cog(dst, grid, names, "float32", float("nan"), blocks(), tags=tags,
+                     band_tags=[{"RESAMPLING": options.resampling_for(n)} for n in names])
     return names
 
 

@@ -312,7 +312,7 @@ def write_scene(items: Sequence[Any], geometry: dict, grid: Grid, options: LoadO
                     if aoi is not None:
                         inside = _inside(aoi, grid, window)
                     yield window, _mask_block(names, arrays, band_nodata, dtype, nodata, inside,
-                                              options.mask_clouds, counts)
+                                              options.mask_clouds, counts), None
 
             from tscope.geo.stack import write_blocks_cog
 
