@@ -176,8 +176,15 @@ class TerraScopeModel(nn.Module):
         return masks[rows, best], iou[rows, best]
 
     @staticmethod
+    def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Low-res logits (N, h, w) -> float logits (N, H, W), bilinear: how a mask reaches image size,
+        at inference and in the training loss alike."""
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits.float()
+        return F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+    @staticmethod
     def masks_from_logits(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """Low-res logits (N, h, w) -> bool masks (N, H, W): bilinear resize, sigmoid > 0.5."""
-        up = F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-        return (up.sigmoid() > 0.5).cpu().numpy()
+        return (TerraScopeModel.upsample_logits(logits, size).sigmoid() > 0.5).cpu().numpy()
 

@@ -11,7 +11,7 @@ for optical+SAR samples (region tokens then come from the more question-relevant
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,6 @@ class Sample:
     masks: list[np.ndarray]
     frames: list[int]
     sar: np.ndarray | None = None
-    task: str = ""
-    meta: dict = field(default_factory=dict)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -140,5 +138,4 @@ class TrainData:
             if not parts or any(p.shape != shape for p in parts):
                 raise InputError(f"sample {rid}: mask {k} does not match its image size {shape}")
             masks.append(np.logical_or.reduce(parts))
-        return Sample(rid, images, question, answer, masks, frames, sar, str(record.get("task", "")),
-                      {k: record[k] for k in ("answer_value", "labels") if k in record})
+        return Sample(rid, images, question, answer, masks, frames, sar)

@@ -29,13 +29,6 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE)
 
 
-def _fit(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Low-res logits (N, h, w) -> (N, H, W), bilinear as inference resizes them before thresholding."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits.float()
-    return F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
 def bce_per_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(N, H, W) logits and {0, 1} targets -> (N,) mean sigmoid BCE per mask."""
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
@@ -48,29 +41,16 @@ def dice_per_mask(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) 
     return 1 - (2 * (prob * flat).sum(-1) + eps) / (prob.sum(-1) + flat.sum(-1) + eps)
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    return dice_per_mask(logits, target, eps).mean()
-
-
-def seg_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 2.0,
-             dice_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted BCE + Dice of mask logits (N, h, w) against full-size targets (N, H, W), mean over masks.
-
-    Returns (loss, {"bce", "dice"}).
-    """
-    logits = _fit(logits, tuple(target.shape[-2:]))
-    bce, dice = bce_per_mask(logits, target).mean(), dice_per_mask(logits, target).mean()
-    return bce_weight * bce + dice_weight * dice, {"bce": float(bce.detach()), "dice": float(dice.detach())}
-
-
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> list[float | None]:
-    """IoU per mask of (sigmoid(resized logits) > 0.5) against bool targets (N, H, W); None when both empty."""
+    """IoU per mask against bool targets (N, H, W) of the mask inference makes from ``logits``
+    (:meth:`TerraScopeModel.masks_from_logits`), scored as the bench scores (None when both are empty)."""
+    from tscope.bench.evaluate import iou
+    from tscope.model.architecture import TerraScopeModel
+
     with torch.no_grad():
-        pred = _fit(logits, tuple(target.shape[-2:])).sigmoid() > 0.5
-        truth = target.bool().to(pred.device)
-        inter = (pred & truth).flatten(1).sum(-1)
-        union = (pred | truth).flatten(1).sum(-1)
-    return [None if int(u) == 0 else float(i) / float(u) for i, u in zip(inter, union, strict=True)]
+        pred = TerraScopeModel.masks_from_logits(logits.detach(), tuple(target.shape[-2:]))
+    truth = target.bool().cpu().numpy()
+    return [iou(p, t) for p, t in zip(pred, truth, strict=True)]
 
 
 def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor,
@@ -83,7 +63,9 @@ def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target:
     """
     n, c = candidates.shape[:2]
     size = tuple(target.shape[-2:])
-    full = _fit(candidates.flatten(0, 1), size).view(n, c, *size)
+    from tscope.model.architecture import TerraScopeModel
+
+    full = TerraScopeModel.upsample_logits(candidates.flatten(0, 1), size).view(n, c, *size)
     flat_target = target[:, None].expand(n, c, *size).flatten(0, 1)
     bce = bce_per_mask(full.flatten(0, 1), flat_target).view(n, c)
     dice = dice_per_mask(full.flatten(0, 1), flat_target).view(n, c)
