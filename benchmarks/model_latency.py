@@ -58,7 +58,7 @@ def real_size_checkpoint(path: Path) -> Path:
 def run(path: Path, quant: str, dtype: str, device: str, new_tokens: int, segs: int, samples: int) -> dict:
     import torch
 
-    from tscope.model import generate as gen_mod
+    from tscope.model import generate, user_text
     from tscope.model.loading import load_terrascope
 
     loaded = load_terrascope(path, dtype=dtype, device=device, quant=quant)
@@ -70,8 +70,13 @@ def run(path: Path, quant: str, dtype: str, device: str, new_tokens: int, segs: 
     plain = next(i for i in range(256) if i not in tok.all_special_ids)
 
     def override(step: int, greedy: int) -> int:
-        # Fixed budget: [SEG] at the chosen steps, an ordinary token elsewhere (never a stop token).
+        # Fixed budget: [SEG] at the chosen steps, an ordinary token elsewhere, eos as the last token.
+        if step == new_tokens - 1:
+            return tok.eos_token_id
         return seg_id if step in seg_steps else plain
+
+    text = user_text("What percentage of the image is water?", model.config.system_prompt)
+    limit = new_tokens + segs * model.config.region.max_tokens  # region tokens count towards the limit
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -79,13 +84,12 @@ def run(path: Path, quant: str, dtype: str, device: str, new_tokens: int, segs: 
     for _ in range(samples + 1):  # the first run warms up
         model.sam_encodes = 0
         t0 = time.perf_counter()
-        out = gen_mod.generate(model, tok, [image], "What percentage of the image is water?", new_tokens,
-                                override=override)
+        out = generate(model, tok, [image], text, limit, override=override)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         encodes.append(model.sam_encodes)
-        assert len(out.masks) == segs, (len(out.masks), segs)
+        assert len(out.masks) == segs and len(out.token_ids) == new_tokens, (len(out.masks), len(out.token_ids))
     per = float(np.mean(times[1:]))
     peak = torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else float("nan")
     return {"quant": quant, "s/sample": per, "sam2 encodes/sample": float(np.mean(encodes[1:])), "peak GB": peak,

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 
 from tests.conftest import DATA, EXAMPLES, run_cli
-from tscope.bench.answers import GUIDANCE, SYSTEM, extract_letter, format_prompt
+from tscope.bench.answers import SYSTEM, extract_letter, format_prompt
 from tscope.bench.evaluate import ModelOutput, SpectralAnswerer, evaluate, load_results
 from tscope.bench.report import markdown, summarise
 from tscope.bench.schema import read_bench
@@ -104,7 +104,7 @@ def test_fixed_answer_stream_scores_to_the_digit(official, truth, tmp_path):
     assert [r["correct"] for r in records] == [True, False, True, False, True]
     assert [r["extraction"] for r in records] == ["answer-tag", "answer-tag", "first-letter", "none", "answer-tag"]
     assert fake.prompts[0] == (SYSTEM + "<image>\nWhat percentage of the image is covered by forest?\n"
-                               "A. 76.4%\nB. 45.9%\nC. 99.0%\nD. 34.4%\n" + GUIDANCE)
+                               "A. 76.4%\nB. 45.9%\nC. 99.0%\nD. 34.4%\n")
     assert fake.shapes[0] == ((101, 100, 3),)
     grass_iou = int(grass.sum()) / int((grass | block).sum())
     assert [r["iou"] for r in records] == [1.0, 0.0, (1.0 + grass_iou) / 2, None, None]
@@ -178,7 +178,8 @@ def test_answer_extraction_protocol():
     assert extract_letter("<think>Option A looks wrong</think> The answer is B.") == ("B", "first-letter")
     assert extract_letter("a forest covers it") == (None, "none")
     assert extract_letter("<answer>D</answer>", letters="AB") == (None, "none")
-    assert format_prompt("Q?", {"B": "no", "A": "yes"}).endswith("<image>\nQ?\nA. yes\nB. no\n" + GUIDANCE)
+    # Exactly the official bench script's text: no extra guidance line after the options.
+    assert format_prompt("Q?", {"B": "no", "A": "yes"}) == SYSTEM + "<image>\nQ?\nA. yes\nB. no\n"
 
 
 def test_spectral_backend_on_a_built_bench(tmp_path):

@@ -136,8 +136,9 @@ def test_quantised_load_keeps_vision_sam_and_seg_head_unquantised(tmp_path, quan
     assert not quantized_modules(loaded.model.vision_tower) and not quantized_modules(loaded.model.sam2)
     import numpy as np
 
-    from tscope.model.generate import generate
+    from tscope.model.interleave import generate, user_text
 
     image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
-    gen = generate(loaded.model, loaded.tokenizer, [image], "Where is the water?", max_new_tokens=4)
-    assert len(gen.token_ids) == 4
+    text = user_text("Where is the water?", loaded.model.config.system_prompt)
+    gen = generate(loaded.model, loaded.tokenizer, [image], text, max_new_tokens=4)
+    assert gen.token_ids and gen.stop in {"eos", "stop-id", "max_new_tokens", "max_segs"}

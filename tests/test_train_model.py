@@ -81,8 +81,8 @@ def changed(before: dict, after: dict, prefix: str) -> tuple[list[str], list[str
 
 
 def test_region_tokens_sit_after_seg_and_are_not_labelled(tiny, cot):
-    from tscope.model.generate import Tokens, build_prompt
     from tscope.model.images import tile_image
+    from tscope.model.interleave import build_prompt, user_text
     from tscope.model.loading import load_terrascope
     from tscope.model.regions import select_region_tokens
     from tscope.train.dataset import TrainData
@@ -104,7 +104,7 @@ def test_region_tokens_sit_after_seg_and_are_not_labelled(tiny, cot):
     for k, (pos, (start, end)) in enumerate(zip(inputs.seg_positions, inputs.region_spans, strict=True)):
         assert inputs.labels[pos] == seg  # [SEG] itself is predicted
         assert start == pos + 1  # region tokens right after it
-        index = select_region_tokens(sample.masks[k], layout, model.config.region)
+        index = select_region_tokens(sample.masks[k], layout, model.config.image_size, model.config.region)
         assert np.array_equal(index, inputs.region_index[k]) and end - start == len(index) >= 1
         assert torch.allclose(inputs.embeds[0, start:end], visual[torch.as_tensor(index)], atol=1e-6)
         assert (inputs.labels[start:end] == IGNORE).all()  # and excluded from the LM loss
@@ -113,8 +113,7 @@ def test_region_tokens_sit_after_seg_and_are_not_labelled(tiny, cot):
     answer_ids = tok.encode(sample.answer + "<|im_end|>", add_special_tokens=False)
     labelled = inputs.labels[inputs.labels != IGNORE].tolist()
     assert labelled == answer_ids
-    prompt, _ = build_prompt(tok, Tokens(tok, model.config.tokens), model.config.system_prompt, sample.question,
-                             [layout])
+    prompt = build_prompt(tok, model.config.tokens, user_text(sample.question, model.config.system_prompt), [layout])
     regions = sum(e - s for s, e in inputs.region_spans)
     assert inputs.length == inputs.embeds.shape[1] == prompt.shape[1] + len(answer_ids) + regions
     assert (inputs.labels[:prompt.shape[1]] == IGNORE).all()
@@ -233,11 +232,13 @@ def test_trained_checkpoint_answers_in_ask(tiny, cot, tmp_path):
 
 
 def test_pair_and_sar_samples_take_region_tokens_from_their_frame_and_modality(tiny, cot):
-    from tscope.model.fusion import select_modality
-    from tscope.model.images import tile_image
+    from tscope.model.fusion import relevance
+    from tscope.model.images import single_tile
+    from tscope.model.interleave import Tokens, text_positions
     from tscope.model.loading import load_terrascope
     from tscope.train.dataset import TrainData
-    from tscope.train.forward import TeacherForcing, build_inputs
+    from tscope.train.forward import TeacherForcing, build_inputs, plan_sequence
+    from tscope.train.losses import IGNORE
 
     loaded = load_terrascope(tiny, dtype="fp32", device="cpu")
     model, tok = loaded.model, loaded.tokenizer
@@ -253,7 +254,8 @@ def test_pair_and_sar_samples_take_region_tokens_from_their_frame_and_modality(t
     inputs = build_inputs(model, tok, sample)
 
     def tokens_of(image):
-        tiles, layout = tile_image(image, cfg.image_size, cfg.tokens_per_side, cfg.max_tiles, cfg.use_thumbnail)
+        # Each image of a pair (and optical + SAR) is fed as one tile, as the release feeds pairs.
+        tiles, _ = single_tile(image, cfg.image_size, cfg.tokens_per_side)
         with torch.no_grad():
             return model.image_tokens(torch.from_numpy(tiles)).flatten(0, 1)
 
@@ -272,13 +274,13 @@ def test_pair_and_sar_samples_take_region_tokens_from_their_frame_and_modality(t
     flags = torch.as_tensor(inputs.region_sar[0]).bool()
     expected = torch.where(flags[:, None], sar[index], optical[index])
     assert torch.allclose(inputs.embeds[0, start:end], expected, atol=1e-6)
-    from tscope.model.generate import Tokens, build_prompt
-
-    ids, span = build_prompt(tok, Tokens(tok, cfg.tokens), cfg.system_prompt, sample.question,
-                             [tile_image(im, cfg.image_size, cfg.tokens_per_side, cfg.max_tiles,
-                                         cfg.use_thumbnail)[1] for im in (sample.images[0], sample.sar)])
-    question = inputs.embeds[0, span[0]:span[1]]
-    assert torch.equal(select_modality(optical, sar, question)[index], flags)
+    # The training code's query is every text token of the sequence (prompt text and the whole answer).
+    plan_ids = plan_sequence(model, tok, sample).prompt_ids
+    answer = inputs.embeds[0, plan_ids.shape[1]:]
+    answer_text = answer[torch.as_tensor(inputs.labels[plan_ids.shape[1]:] != IGNORE)]
+    query = torch.cat([inputs.embeds[0, :plan_ids.shape[1]][text_positions(plan_ids, Tokens(tok, cfg.tokens))],
+                       answer_text])
+    assert torch.equal(relevance(sar[index], query) > relevance(optical[index], query), flags)
 
 
 def test_frozen_encoders_stay_in_eval_mode_and_long_samples_are_skipped(tiny, res, tmp_path):

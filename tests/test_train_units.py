@@ -99,14 +99,14 @@ def test_seg_loss_weights_bce_and_dice():
     dice = 1 - (2 * inter + 1) / (total + 1)
     # The training loss with one SAM-2 candidate and no IoU-head term is the plain weighted BCE + Dice.
     one, perfect = logits[:, None], torch.ones(1, 1)
-    loss, parts, _ = candidate_seg_loss(one, perfect, target, bce_weight=2.0, dice_weight=0.5, iou_weight=0.0)
+    loss, parts, _ = candidate_seg_loss(one, perfect, target, 4, bce_weight=2.0, dice_weight=0.5, iou_weight=0.0)
     assert parts["bce"] == pytest.approx(bce, rel=1e-5) and parts["dice"] == pytest.approx(dice, rel=1e-5)
     assert float(loss) == pytest.approx(2 * bce + 0.5 * dice, rel=1e-5)
-    paper, _, _ = candidate_seg_loss(one, perfect, target, bce_weight=0.5, dice_weight=0.5, iou_weight=0.0)
+    paper, _, _ = candidate_seg_loss(one, perfect, target, 4, bce_weight=0.5, dice_weight=0.5, iou_weight=0.0)
     assert float(paper) == pytest.approx(0.5 * bce + 0.5 * dice, rel=1e-5)
     # Low-res logits are resized to the target: a 2x2 grid of the same pattern gives the same IoU.
-    assert mask_iou(logits, target.bool()) == [1.0]
-    assert mask_iou(-torch.ones(1, 2, 2) * 9, torch.zeros(1, 4, 4)) == [None]
+    assert mask_iou(logits, target.bool(), 4) == [1.0]
+    assert mask_iou(-torch.ones(1, 2, 2) * 9, torch.zeros(1, 4, 4), 4) == [None]
     assert float(dice_per_mask(torch.full((1, 3, 3), 20.0), torch.ones(1, 3, 3)).mean()) == pytest.approx(0.0, abs=1e-6)
 
 

@@ -121,7 +121,8 @@ def write_released(path: Path, **kwargs) -> Path:
         "model_type": "sa2va_chat", "architectures": ["Sa2VAChatModel"], "template": "qwen_chat",
         "force_image_size": 64, "downsample_ratio": 0.5, "ps_version": "v2", "dynamic_image_size": True,
         "use_thumbnail": True, "select_layer": -1, "max_dynamic_patch": 4,
-        "llm_config": {**cfg["text_config"], "architectures": ["Qwen2ForCausalLM"]},
+        # rope_theta as the release has it (Qwen2.5's 1e6, not transformers' default 1e4).
+        "llm_config": {**cfg["text_config"], "architectures": ["Qwen2ForCausalLM"], "rope_theta": 1000000.0},
         "vision_config": {**vision, "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b"},
         "sam2_config": model.config.sam2,
     }

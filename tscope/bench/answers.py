@@ -1,24 +1,18 @@
 """The TerraScope-Bench prompt and answer-extraction protocol.
 
-Prompt (as the official ``infer_terrascope_bench.py`` builds it): the TerraScope system text, then
-``<image>\\n``, the question and one ``L. option`` line per candidate; we append one line of
-option-letter guidance. Extraction: the option letter inside ``<answer>…</answer>`` if there is
-such a tag, else the first stand-alone option letter A-D of the response outside ``<think>``; no
-letter is a wrong answer.
+Prompt: exactly what the official ``evaluation/infer_terrascope_bench.py`` sends -- the TerraScope
+system text, ``<image>\n``, the question and one ``L. option`` line per candidate (sorted by letter),
+nothing more; the model's chat template and image blocks are added by the model code
+(:func:`tscope.model.interleave.build_prompt`). Extraction: the option letter inside
+``<answer>…</answer>`` if there is such a tag, else the first stand-alone option letter A-D of the
+response outside ``<think>``; no letter is a wrong answer.
 """
 
 from __future__ import annotations
 
 import re
 
-SYSTEM = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The Assistant first thinks about the reasoning process in their mind and then provides the user a "
-    "concise final answer in a short word or phrase. The reasoning process and answer are enclosed within "
-    "<think> </think> and <answer> </answer> tags, respectively, i.e., "
-    "<think> reasoning process here </think><answer> answer here </answer>\n\n"
-)
-GUIDANCE = "Answer with the option's letter from the given choices."
+from tscope.model.config import SYSTEM_PROMPT as SYSTEM
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.IGNORECASE | re.DOTALL)
@@ -28,7 +22,7 @@ _LETTER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
 def format_prompt(question: str, candidates: dict[str, str]) -> str:
     """The full user turn for one sample (``<image>`` marks where the image tokens go)."""
     options = "".join(f"{key}. {candidates[key]}\n" for key in sorted(candidates))
-    return f"{SYSTEM}<image>\n{question}\n{options}{GUIDANCE}"
+    return f"{SYSTEM}<image>\n{question}\n{options}"
 
 
 def extract_letter(response: str, letters: str = "ABCD") -> tuple[str | None, str]:

@@ -5,7 +5,7 @@ Public entry points (imported lazily, so ``import tscope.model`` stays free of t
 * :func:`load_terrascope` / :func:`save_terrascope` -- checkpoints (released or native layout);
 * :class:`TerraScopeModel` -- the architecture (``vision_tower``, ``projector``, ``language_model``,
   ``sam2``, ``seg_head``); :class:`TerraScopeConfig` -- its configuration;
-* :func:`generate` -- the interleaved [SEG] loop; :class:`TerraScopeBackend` -- scene scale.
+* :func:`generate` -- the interleaved [SEG] loop (module ``interleave``); :class:`TerraScopeBackend` -- scene scale.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ _EXPORTS = {
     "load_terrascope": "tscope.model.loading", "save_terrascope": "tscope.model.loading",
     "model_info": "tscope.model.loading", "convert": "tscope.model.loading",
     "TerraScopeModel": "tscope.model.architecture", "TerraScopeConfig": "tscope.model.config",
-    "generate": "tscope.model.generate", "TerraScopeBackend": "tscope.model.backend",
+    "generate": "tscope.model.interleave", "user_text": "tscope.model.interleave",
+    "TerraScopeBackend": "tscope.model.backend",
     "ModelOutput": "tscope.model.backend",
 }
 __all__ = sorted(_EXPORTS)

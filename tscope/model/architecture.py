@@ -10,7 +10,7 @@
   mapping a ``[SEG]`` last-layer hidden state (H) to a SAM-2 prompt token (D = SAM-2 prompt hidden).
 
 Accessors ``vision_tower``, ``projector``, ``language_model``, ``lm_head`` expose them for training.
-The methods are the pieces the interleaved loop (:mod:`tscope.model.generate`) composes; shapes are
+The methods are the pieces the interleaved loop (:mod:`tscope.model.interleave`) composes; shapes are
 in each docstring. Heavy imports happen when this module is imported (only by model code).
 """
 
@@ -102,17 +102,16 @@ class TerraScopeModel(nn.Module):
         """Token ids (1, L) -> input embeddings (1, L, H)."""
         return self.language_model.get_input_embeddings()(input_ids.to(self.device))
 
-    def lm(self, inputs_embeds: torch.Tensor, past_key_values=None, position_ids: torch.Tensor | None = None):
+    def lm(self, inputs_embeds: torch.Tensor, cache=None):
         """Run the language model on (1, L, H) embeddings; returns (last hidden (1, L, H), logits (1, L, V), cache).
 
         The hidden state is the last layer's output after the final norm, as ``output_hidden_states[-1]``.
         """
-        out = self.language_model(inputs_embeds=inputs_embeds, past_key_values=past_key_values, use_cache=True,
-                                  position_ids=position_ids)
+        out = self.language_model(inputs_embeds=inputs_embeds, cache=cache, use_cache=True)
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden.to(self.lm_head.weight.dtype if self.lm_head.weight.dtype.is_floating_point
                                         else hidden.dtype))
-        return hidden, logits.float(), out.past_key_values
+        return hidden, logits.float(), out.cache
 
     # --- grounding ---------------------------------------------------------------------------
 
@@ -175,16 +174,26 @@ class TerraScopeModel(nn.Module):
         rows = torch.arange(masks.shape[0], device=best.device)
         return masks[rows, best], iou[rows, best]
 
-    @staticmethod
-    def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Low-res logits (N, h, w) -> float logits (N, H, W), bilinear: how a mask reaches image size,
-        at inference and in the training loss alike."""
-        if tuple(logits.shape[-2:]) == tuple(size):
-            return logits.float()
-        return F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """:func:`upsample_logits` at this model's SAM-2 input side."""
+        return upsample_logits(logits, size, self.config.sam_image_size)
 
-    @staticmethod
-    def masks_from_logits(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """Low-res logits (N, h, w) -> bool masks (N, H, W): bilinear resize, sigmoid > 0.5."""
-        return (TerraScopeModel.upsample_logits(logits, size).sigmoid() > 0.5).cpu().numpy()
+    def masks_from_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """:func:`masks_from_logits` at this model's SAM-2 input side."""
+        return masks_from_logits(logits, size, self.config.sam_image_size)
 
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int], video_side: int) -> torch.Tensor:
+    """Low-res logits (N, h, w) -> float logits (N, H, W) as the release makes them: bilinear to SAM-2's
+    square input side ``video_side`` (1024, the video resolution its predictor returns), then bilinear
+    to ``size``. Inference and the training loss share it."""
+    out = logits[:, None].float()
+    for step in ((video_side, video_side), tuple(size)):
+        if tuple(out.shape[-2:]) != step:
+            out = F.interpolate(out, size=step, mode="bilinear", align_corners=False)
+    return out[:, 0]
+
+
+def masks_from_logits(logits: torch.Tensor, size: tuple[int, int], video_side: int) -> np.ndarray:
+    """Low-res logits (N, h, w) -> bool masks (N, H, W): :func:`upsample_logits`, sigmoid > 0.5."""
+    return (upsample_logits(logits, size, video_side).sigmoid() > 0.5).cpu().numpy()

@@ -2,10 +2,12 @@
 
 scene(s) -> overlapping RGB tiles (2-98% stretch of red/green/blue reflectance, or SAR's VH/VV/mean)
 -> interleaved generation per tile -> each [SEG] mask, labelled with the class named just before it
-and the frame from "Image: t<i>", goes back onto its tile's window -> masks stitched per (class,
-frame) on the scene grid -> :func:`tscope.reason.solve.solve` computes the answer from the stitched
-masks with :mod:`tscope.reason.measures`. Per-tile answers are only reported (``trace.tiles``), never
-combined into the scene answer.
+and the frame it refers to (the model's frame rule), goes back onto its tile's window -> masks stitched
+per (class, frame) on the scene grid -> :func:`tscope.reason.solve.solve` computes the answer from the
+stitched masks with :mod:`tscope.reason.measures`. A class the question needs that a tile's answer did
+not segment is checked by asking the model whether it is there; only an affirmative answer with the
+model's own [SEG] gives the tile a mask. Per-tile answers and checks are reported (``trace.tiles``),
+never combined into the scene answer.
 """
 
 from __future__ import annotations
@@ -72,23 +74,32 @@ class TerraScopeBackend:
         self.max_new_tokens = max_new_tokens
         self.batch_tiles = max(1, batch_tiles)
 
-    # --- the benchmark's entry point -----------------------------------------------------------
+    # --- one prompt ----------------------------------------------------------------------------
 
-    def chat(self, images: list[np.ndarray], prompt: str, max_new_tokens: int = 512,
+    def chat(self, images: list[np.ndarray], text: str, max_new_tokens: int | None = None,
              sar: np.ndarray | None = None) -> ModelOutput:
-        """One interleaved generation over uint8 (H, W, 3) ``images`` (``sar``: SAR twin of images[0])."""
-        from tscope.model.generate import generate
+        """One interleaved generation over uint8 (H, W, 3) ``images`` (``sar``: SAR twin of images[0]).
+
+        ``text`` is the user turn with an ``<image>`` placeholder (as the release's scripts send it, see
+        :func:`tscope.bench.answers.format_prompt`); a text without one is taken as a question and gets
+        the release's system text and ``<image>`` in front (:func:`tscope.model.interleave.user_text`).
+        """
+        from tscope.model.interleave import IMAGE, generate, user_text
 
         for image in images:
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise InputError("chat images must be uint8 arrays of shape (H, W, 3)")
-        gen = generate(self.model, self.tokenizer, images, prompt, max_new_tokens=max_new_tokens, sar=sar)
+        if IMAGE not in text:
+            text = user_text(text, self.model.config.system_prompt)
+        gen = generate(self.model, self.tokenizer, images, text, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                       sar=sar)
         return ModelOutput(text=_SPECIAL.sub("", gen.text), masks=gen.masks, frames=gen.frames)
 
     # --- scene scale ---------------------------------------------------------------------------
 
     def reason(self, scenes: Sequence[Scene], query: Query, progress: Progress | None = None) -> Trace:
-        from tscope.model.generate import generate, prepare_images
+        from tscope.model.fusion import sar_to_rgb
+        from tscope.model.interleave import prepare_batch
         from tscope.model.tiling import RGB, read_rgb, scene_kind, stitch, stretch_limits, tile_windows
 
         trace = Trace(question=query.question, query=query, backend=self.name, scenes=[s.describe() for s in scenes])
@@ -107,7 +118,7 @@ class TerraScopeBackend:
         windows = tile_windows(grid.width, grid.height, self.scene_tile, self.tile_overlap)
         tile_masks: dict[tuple[str, str], dict[int, np.ndarray]] = {(c, f): {} for c in query.classes for f in frames}
         tile_valid: dict[str, dict[int, np.ndarray]] = {f: {} for f in frames}
-        seg_total = forced = 0
+        seg_total = 0
         for start in range(0, len(windows), self.batch_tiles):
             batch = list(range(start, min(start + self.batch_tiles, len(windows))))
             inputs = {}
@@ -119,41 +130,21 @@ class TerraScopeBackend:
                     tile_valid[f][i] = valid
                 sar = None
                 if fusion:
-                    from tscope.model.fusion import sar_to_rgb
-
                     bands, _ = first.read(["vh", "vv"], windows[i])
                     sar = sar_to_rgb(bands["vh"], bands["vv"], sar_limits)
                 inputs[i] = (images, sar)
             # Every image of the batch goes through the vision tower in one call.
-            flat = [im for i in batch for im in inputs[i][0] + ([inputs[i][1]] if inputs[i][1] is not None else [])]
-            prepared = prepare_images(self.model, flat)
-            cursor = 0
-            for i in batch:
+            groups = [inputs[i][0] + ([inputs[i][1]] if inputs[i][1] is not None else []) for i in batch]
+            for i, prepared in zip(batch, prepare_batch(self.model, groups), strict=True):
                 images, sar = inputs[i]
-                n = len(images) + (1 if sar is not None else 0)
-                mine = prepared[cursor:cursor + n]
-                cursor += n
-                gen = generate(self.model, self.tokenizer, images, query.question, self.max_new_tokens, sar=sar,
-                               prepared=mine)
-                seg_total += len(gen.masks)
-                got = self._attribute(gen, frames, query.classes)
-                fallbacks = []
-                for (cls, frame), mask_list in got.items():
-                    if not mask_list:
-                        image = images[frames.index(frame)]
-                        ref = generate(self.model, self.tokenizer, [image],
-                                       f"Please segment the {query.label(cls)}.", self.max_new_tokens,
-                                       force_seg=True)
-                        mask_list.append(ref.masks[0])
-                        forced += int(ref.forced_seg)
-                        fallbacks.append(f"{query.label(cls)}@{frame}")
-                    tile_masks[(cls, frame)][i] = np.logical_or.reduce(mask_list)
+                record, got = self._reason_tile(images, sar, prepared, query, frames)
+                seg_total += record["segs"]
+                for key, mask_list in got.items():
+                    if mask_list:
+                        tile_masks[key][i] = np.logical_or.reduce(mask_list)
                 w = windows[i]
-                trace.tiles.append({
-                    "id": i, "window": [int(w.col_off), int(w.row_off), int(w.width), int(w.height)],
-                    "answer": answer_of(gen.text), "text": _SPECIAL.sub("", gen.text)[:1000],
-                    "segs": len(gen.masks), "referring_fallback": fallbacks,
-                })
+                trace.tiles.append({"id": i, "window": [int(w.col_off), int(w.row_off), int(w.width), int(w.height)],
+                                    **record})
                 if progress:
                     progress(i + 1, len(windows))
         masks: dict[tuple[str, str], Mask] = {}
@@ -170,18 +161,63 @@ class TerraScopeBackend:
                 masks[(cls, frame)] = mask
         trace.numbers["tiles"] = Number(len(windows))
         trace.numbers["seg_tokens"] = Number(seg_total)
+        cfg = self.model.config
         trace.notes.append(f"terrascope backend: {self.model_path} ({self.layout} layout, {self.dtype},"
                            f" quant {self.quant}); {len(windows)} tile(s) of {self.scene_tile} px,"
-                           f" overlap {self.tile_overlap} px; region rule {self.model.config.region.rule},"
-                           f" cap {self.model.config.region.max_tokens}")
+                           f" overlap {self.tile_overlap} px; region rule {cfg.region.rule},"
+                           f" cap {cfg.region.max_tokens}; frame rule {cfg.frame_rule}")
         if fusion:
-            trace.notes.append("optical+SAR: region tokens chosen per position by question relevance (Eq. 4-5)")
-        if forced:
-            trace.notes.append(f"{forced} referring prompt(s) produced no [SEG]; one was fed to get a mask")
+            trace.notes.append("optical+SAR: region tokens chosen per position by the release's query selection"
+                               " (Eq. 4-5)")
+        checked = sum(len(t["checks"]) for t in trace.tiles)
+        if checked:
+            trace.notes.append(f"{checked} class check(s) in tiles whose answer had no [SEG] for a class; a tile"
+                               " got a class mask only where the model answered yes and segmented it (see Tiles)")
         trace.notes.append("the answer is computed from the stitched masks with tscope's measures,"
                            " not from the model's per-tile text")
         solve(query, masks, trace)
         return trace
+
+    def _reason_tile(self, images: list[np.ndarray], sar: np.ndarray | None, prepared: list, query: Query,
+                     frames: list[str]) -> tuple[dict, dict[tuple[str, str], list[np.ndarray]]]:
+        """One scene tile: the question, then, for each class it needs that got no [SEG], whether the
+        model affirms the class is there. Returns the tile's trace record and its masks per (class, frame)."""
+        from tscope.model.interleave import generate, user_text
+
+        system = self.model.config.system_prompt
+
+        gen = generate(self.model, self.tokenizer, images, user_text(query.question, system), self.max_new_tokens,
+                       sar=sar, prepared=prepared)
+        got = self._attribute(gen, frames, query.classes)
+        record = {"answer": answer_of(gen.text), "text": _SPECIAL.sub("", gen.text)[:1000], "segs": len(gen.masks),
+                  "checks": []}
+        for (cls, frame), mask_list in got.items():
+            if mask_list:
+                continue
+            # No [SEG] for this class: ask whether it is there at all. Only an affirmative answer with the
+            # model's own [SEG] gives the tile a mask (a forced [SEG] would give SAM-2's best guess of a
+            # class that may be absent, and stitched masks are OR-ed, so scene figures could only grow).
+            # A pair's [SEG]s alternate between frames, so the check asks about that frame alone (prepared
+            # afresh: a single image is tiled differently from an image of a pair).
+            if len(frames) > 1:
+                single, single_sar, single_prepared = [images[frames.index(frame)]], None, None
+            else:
+                single, single_sar, single_prepared = images, sar, prepared
+            label = query.label(cls)
+            check_text = f"Is there any {label} in the image?"
+            check = generate(self.model, self.tokenizer, single, user_text(check_text, system), self.max_new_tokens,
+                             sar=single_sar, prepared=single_prepared)
+            said = answer_of(check.text)
+            affirmed = bool(re.match(r"\W*yes\b", said, re.IGNORECASE))
+            masks = self._attribute(check, [frame], [cls])[(cls, frame)] if affirmed else []
+            if affirmed and not masks:
+                ref = generate(self.model, self.tokenizer, single, user_text(f"Please segment the {label}.", system),
+                               self.max_new_tokens, sar=single_sar, prepared=single_prepared)
+                masks = list(ref.masks)
+            mask_list.extend(masks)
+            record["checks"].append({"class": cls, "frame": frame, "asked": check_text, "answer": said,
+                                     "affirmed": affirmed, "masks": len(masks)})
+        return record, got
 
     def _attribute(self, gen, frames: list[str], classes: list[str]) -> dict[tuple[str, str], list[np.ndarray]]:
         """Masks per (class, frame) of one generation; a [SEG] counts for the class named right before it."""

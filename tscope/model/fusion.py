@@ -1,9 +1,14 @@
-"""Optical + SAR: text-guided token-level modality selection (TerraScope, Eq. 4-5), at inference.
+"""Optical + SAR: text-guided token-level modality selection (TerraScope, Eq. 4-5).
 
-For each modality m the relevance of its visual tokens V_m (N, D) to the question tokens Q (L, D) is
-``beta_m = mean_over_L softmax_N(V_m Q^T / sqrt(D))`` -- a distribution over the N token positions.
-Optical and SAR tokens are spatially aligned (same layout), so for every region token position the
-SAR token is taken where ``beta_SAR > beta_opt`` and the optical one otherwise.
+As the release's training code does it (``internvl.py``, ``fusion_mode == 'query_select'``): for the K
+region tokens a mask selects, at the same K positions of the optical image (V_opt, (K, D)) and of the
+SAR image (V_sar), with the text-token embeddings Q (L, D) as the query,
+``beta_m = mean_over_L softmax_over_K(V_m Q^T / sqrt(D))``; each position takes the SAR token where
+``beta_sar > beta_opt`` and the optical one otherwise. The softmax runs over the K selected tokens
+(not over the whole image), and the arithmetic stays in the tokens' dtype, as in training.
+
+The release has no optical+SAR inference path; at inference the query is the text present when the
+``[SEG]`` is generated (prompt and generated text), where training saw its whole teacher-forced turn.
 
 SAR enters the model as the release prepares it: three channels (VH, VV, their mean), each a 2-98%
 stretch of backscatter in dB to uint8 (:func:`sar_to_rgb`).
@@ -15,26 +20,24 @@ import numpy as np
 import torch
 
 
-def relevance(visual: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
-    """Visual tokens (N, D), question token embeddings (L, D) -> beta (N,), summing to 1."""
-    d = visual.shape[-1]
-    scores = visual.float() @ question.float().T / d**0.5  # (N, L)
-    return scores.softmax(dim=0).mean(dim=1)
+def relevance(visual: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Selected visual tokens (K, D), query token embeddings (L, D) -> beta (K,), summing to 1."""
+    d = query.shape[-1]
+    scores = torch.matmul(visual, query.t()) / (d**0.5)  # (K, L)
+    return torch.softmax(scores, dim=0).mean(dim=1)
 
 
-def select_modality(optical: torch.Tensor, sar: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
-    """bool (N,): True where the SAR token is more relevant to the question than the optical one."""
-    return relevance(sar, question) > relevance(optical, question)
-
-
-def fuse_region(optical: torch.Tensor, sar: torch.Tensor, question: torch.Tensor,
+def fuse_region(optical: torch.Tensor, sar: torch.Tensor, query: torch.Tensor,
                 index: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """Region tokens (K, D) at ``index`` (K,) taking each from the more relevant modality; and which (K,) 1=SAR."""
-    use_sar = select_modality(optical, sar, question)
-    idx = torch.as_tensor(index, device=optical.device, dtype=torch.long)
-    pick = use_sar[idx]
-    tokens = torch.where(pick[:, None], sar[idx], optical[idx])
-    return tokens, pick.cpu().numpy().astype(np.uint8)
+    """Region tokens (K, D) at ``index`` (K,), each from the more relevant modality; and which (K,) 1 = SAR.
+
+    ``optical`` / ``sar``: the images' visual tokens (N, D), spatially aligned; ``query`` (L, D).
+    """
+    idx = torch.as_tensor(np.asarray(index), device=optical.device, dtype=torch.long)
+    v_opt, v_sar = optical[idx], sar[idx]
+    query = query.to(v_opt.dtype)
+    pick = relevance(v_sar, query) > relevance(v_opt, query)
+    return torch.where(pick[:, None], v_sar, v_opt), pick.cpu().numpy().astype(np.uint8)
 
 
 def stretch_to_uint8(band: np.ndarray, valid: np.ndarray | None = None,

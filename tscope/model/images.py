@@ -1,10 +1,15 @@
-"""InternVL dynamic tiling with its layout recorded, so a mask can be mapped onto the visual tokens.
+"""Model input tiling, with its layout recorded so a mask can be mapped onto the visual tokens.
 
-An image is resized to ``cols x rows`` tiles of ``image_size`` pixels (the grid whose aspect ratio is
-closest to the image's, among grids of at most ``max_tiles`` tiles), cut row-major, and -- when there
-is more than one tile -- followed by a thumbnail of the whole image. Each tile gives
-``tokens_per_side**2`` visual tokens, row-major inside the tile. ``TileLayout`` says where each
-token lies on the image.
+As the released inference code feeds images (:func:`model_tiles`):
+
+* **one image**: InternVL dynamic tiling -- the image is resized to ``cols x rows`` tiles of
+  ``image_size`` pixels (the grid whose aspect ratio is closest to the image's, among grids of at most
+  ``max_tiles`` tiles), cut row-major, and -- when there is more than one tile -- followed by a
+  thumbnail of the whole image;
+* **several images** (a before/after pair, optical + SAR): each image resized to one tile.
+
+Each tile gives ``tokens_per_side**2`` visual tokens, row-major inside the tile. ``TileLayout`` says
+where each token lies on the image. Resizes are PIL bicubic, normalisation float32 ImageNet mean/std.
 """
 
 from __future__ import annotations
@@ -74,6 +79,27 @@ def choose_grid(width: int, height: int, image_size: int, min_tiles: int = 1, ma
     return best
 
 
+def _normalise(tiles: list[np.ndarray]) -> np.ndarray:
+    arr = (np.stack(tiles).astype(np.float32) / 255.0 - MEAN) / STD
+    return arr.transpose(0, 3, 1, 2).copy()
+
+
+def single_tile(image: np.ndarray, image_size: int, tokens_per_side: int) -> tuple[np.ndarray, TileLayout]:
+    """uint8 (H, W, 3) -> one normalised tile (1, 3, S, S), the image resized to S x S, and its 1x1 layout."""
+    from PIL import Image
+
+    tile = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC))
+    return _normalise([tile]), TileLayout(1, 1, tokens_per_side, False)
+
+
+def model_tiles(images: list[np.ndarray], image_size: int, tokens_per_side: int, max_tiles: int = 12,
+                use_thumbnail: bool = True) -> list[tuple[np.ndarray, TileLayout]]:
+    """The release's input rule: one image is dynamically tiled, each image of several is one tile."""
+    if len(images) == 1:
+        return [tile_image(images[0], image_size, tokens_per_side, max_tiles, use_thumbnail)]
+    return [single_tile(image, image_size, tokens_per_side) for image in images]
+
+
 def tile_image(image: np.ndarray, image_size: int, tokens_per_side: int, max_tiles: int = 12,
                use_thumbnail: bool = True) -> tuple[np.ndarray, TileLayout]:
     """uint8 (H, W, 3) -> normalised tiles (T, 3, S, S) float32 and their :class:`TileLayout`."""
@@ -88,5 +114,4 @@ def tile_image(image: np.ndarray, image_size: int, tokens_per_side: int, max_til
     thumbnail = use_thumbnail and cols * rows > 1
     if thumbnail:
         tiles.append(np.asarray(pil.resize((image_size, image_size), Image.BICUBIC)))
-    arr = (np.stack(tiles).astype(np.float32) / 255.0 - MEAN) / STD
-    return arr.transpose(0, 3, 1, 2).copy(), TileLayout(cols, rows, tokens_per_side, thumbnail)
+    return _normalise(tiles), TileLayout(cols, rows, tokens_per_side, thumbnail)

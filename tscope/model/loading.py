@@ -27,7 +27,7 @@ from typing import Any
 
 from tscope.errors import InputError
 from tscope.geo.writers import atomic_dir
-from tscope.model.config import NATIVE_CONFIG, NATIVE_FORMAT, TerraScopeConfig
+from tscope.model.config import NATIVE_CONFIG, NATIVE_FORMAT, TerraScopeConfig, TokenNames
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 HIERA_L = {
@@ -60,25 +60,84 @@ def detect_layout(path: Path) -> str:
     raise InputError(f"--model {path}: no {NATIVE_CONFIG} (tscope layout) and no config.json (released layout)")
 
 
-def _filtered(cls, data: dict) -> dict:
-    known = set(cls().to_dict())
-    return {k: v for k, v in data.items() if k in known}
+# Keys every transformers 4.x ``PretrainedConfig.to_dict()`` writes: bookkeeping and generation defaults
+# that do not enter the forward computation (the official loop sets its own generation options).
+_GENERIC_KEYS = frozenset({
+    "_name_or_path", "_commit_hash", "_attn_implementation_autoset", "transformers_version", "architectures",
+    "auto_map", "model_type", "torch_dtype", "dtype", "use_bfloat16", "return_dict", "output_hidden_states",
+    "output_attentions", "torchscript", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward",
+    "is_encoder_decoder", "is_decoder", "cross_attention_hidden_size", "add_cross_attention",
+    "tie_encoder_decoder", "max_length", "min_length", "do_sample", "early_stopping", "num_beams",
+    "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+    "begin_suppress_tokens", "finetuning_task", "id2label", "label2id", "tokenizer_class", "prefix",
+    "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
+    "task_specific_params", "problem_type", "use_cache", "initializer_range", "attn_implementation",
+})
+# Qwen2 (llm_config) keys passed to transformers 5's Qwen2Config as they are; rope_theta / rope_scaling
+# become its rope_parameters.
+_LLM_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "use_sliding_window",
+             "sliding_window", "max_window_layers", "tie_word_embeddings", "attention_dropout")
+# InternViT (vision_config) keys -> transformers 5's InternVLVisionConfig.
+_VISION_KEYS = {"hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+                "num_attention_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
+                "image_size": "image_size", "patch_size": "patch_size", "num_channels": "num_channels",
+                "qkv_bias": "attention_bias", "qk_normalization": "use_qk_norm", "layer_norm_eps": "layer_norm_eps",
+                "norm_type": "norm_type", "hidden_act": "hidden_act", "attention_dropout": "attention_dropout",
+                "dropout": "hidden_dropout_prob"}
+# InternViT keys that only matter in training or for other kernels.
+_VISION_INERT = frozenset({"drop_path_rate", "initializer_factor", "use_flash_attn"})
+# Top-level sa2va_chat keys. The release's inference code hard-codes its tiling (at most 12 tiles of 448 px
+# plus a thumbnail, patch 14, ratio 0.5), so dynamic_image_size / use_thumbnail / min/max_dynamic_patch,
+# which only drove training, are read but not used; LoRA flags describe weights already merged.
+_TOP_USED = frozenset({"llm_config", "vision_config", "template", "force_image_size", "downsample_ratio",
+                       "ps_version", "select_layer", "sam2_config"})
+_TOP_INERT = frozenset({"use_backbone_lora", "use_llm_lora", "pad2square", "dynamic_image_size", "use_thumbnail",
+                        "min_dynamic_patch", "max_dynamic_patch", "hidden_size", "tie_word_embeddings"})
+
+
+def _unmapped(section: str, data: dict, known: set | frozenset, path: Path) -> None:
+    """Refuse keys the mapping does not know: a key silently dropped can change the model's arithmetic."""
+    unknown = sorted(set(data) - set(known) - _GENERIC_KEYS)
+    if unknown:
+        raise InputError(f"{path / 'config.json'}: {section} has keys tscope does not map: {', '.join(unknown)}"
+                         " (refusing to guess how they change the model)")
+
+
+def qwen2_config(llm: dict, path: Path) -> dict:
+    """The released ``llm_config`` -> transformers 5 ``Qwen2Config`` arguments (``rope_parameters``)."""
+    _unmapped("llm_config", llm, {*_LLM_KEYS, "rope_theta", "rope_scaling"}, path)
+    arch = (llm.get("architectures") or ["Qwen2ForCausalLM"])[0]
+    if arch != "Qwen2ForCausalLM":
+        raise InputError(f"{path / 'config.json'}: llm_config architecture {arch} is not supported (Qwen2 only)")
+    if llm.get("use_sliding_window"):
+        raise InputError(f"{path / 'config.json'}: llm_config.use_sliding_window is not supported")
+    out = {k: llm[k] for k in _LLM_KEYS if k in llm}
+    rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
+    scaling = llm.get("rope_scaling")
+    if scaling:
+        rope.update({k: v for k, v in scaling.items() if k != "type"}, rope_type=scaling.get("rope_type",
+                                                                                               scaling.get("type")))
+    out["rope_parameters"] = rope
+    return out
 
 
 def released_config(path: Path, tokenizer) -> TerraScopeConfig:
-    """TerraScopeConfig from a released checkpoint's config.json (+ the tokenizer, for the image token id)."""
-    from transformers import InternVLVisionConfig, Qwen2Config
+    """TerraScopeConfig from a released checkpoint's config.json (+ the tokenizer, for the image token id).
 
+    Every key is either mapped or known not to change inference; any other key is refused."""
     raw = json.loads((path / "config.json").read_text())
     missing = [k for k in ("llm_config", "vision_config") if k not in raw]
     if missing:
         raise InputError(f"{path / 'config.json'}: missing {', '.join(missing)}")
-    llm = _filtered(Qwen2Config, raw["llm_config"])
+    _unmapped("config.json", raw, _TOP_USED | _TOP_INERT, path)
+    llm = qwen2_config(raw["llm_config"], path)
     vis = dict(raw["vision_config"])
-    renames = {"qkv_bias": "attention_bias", "qk_normalization": "use_qk_norm",
-               "attention_dropout": "attention_dropout"}
-    vision = {renames.get(k, k): v for k, v in vis.items()}
-    vision = _filtered(InternVLVisionConfig, vision)
+    _unmapped("vision_config", vis, set(_VISION_KEYS) | _VISION_INERT, path)
+    vision = {new: vis[old] for old, new in _VISION_KEYS.items() if old in vis}
     image_size = int(raw.get("force_image_size") or vis.get("image_size", 448))
     vision["image_size"] = image_size
     vision["use_absolute_position_embeddings"] = True
@@ -97,13 +156,10 @@ def released_config(path: Path, tokenizer) -> TerraScopeConfig:
         "tie_word_embeddings": bool(llm.get("tie_word_embeddings", False)),
     }
     sam2 = raw.get("sam2_config") or hiera_large_sam2()
-    extra = {"sam_image_size": int(sam2.get("prompt_encoder_config", {}).get("image_size", 1024)),
-             "use_thumbnail": bool(raw.get("use_thumbnail", True))}
-    if raw.get("max_dynamic_patch"):
-        extra["max_tiles"] = int(raw["max_dynamic_patch"])
+    sam_side = int(sam2.get("prompt_encoder_config", {}).get("image_size", 1024))
     if raw.get("template") not in (None, "qwen_chat", "qwen-chat"):
         raise InputError(f"{path}: template {raw.get('template')!r} is not supported (qwen_chat only)")
-    return TerraScopeConfig(internvl=internvl, sam2=sam2, image_size=image_size, **extra)
+    return TerraScopeConfig(internvl=internvl, sam2=sam2, image_size=image_size, sam_image_size=sam_side)
 
 
 def _torch_dtype(dtype: str):
@@ -337,6 +393,22 @@ def _part_of(name: str) -> str:
     return "other"
 
 
+def stop_tokens(path: Path) -> dict[str, dict[str, str | None]]:
+    """The stop ids of the release's loops (one image / several) with the names this checkpoint's
+    tokenizer gives them (None: no token of that id), read from tokenizer.json without loading it."""
+    names = TokenNames()
+    if (path / NATIVE_CONFIG).exists():
+        names = TerraScopeConfig.from_dict(json.loads((path / NATIVE_CONFIG).read_text())).tokens
+    by_id: dict[int, str] = {}
+    if (path / "tokenizer.json").exists():
+        tokenizer = json.loads((path / "tokenizer.json").read_text())
+        by_id = {int(t["id"]): t["content"] for t in tokenizer.get("added_tokens", [])}
+        by_id.update({int(i): tok for tok, i in tokenizer.get("model", {}).get("vocab", {}).items()
+                      if int(i) in set(names.release_stop_single) | set(names.release_stop_pair)})
+    return {"single": {str(i): by_id.get(i) for i in names.release_stop_single},
+            "pair": {str(i): by_id.get(i) for i in names.release_stop_pair}}
+
+
 def model_info(path: str | Path) -> dict:
     """``tscope model info``: architecture, parameter counts per part, stored dtype, quantisation plan."""
     from tscope.model.quantize import SKIP_MODULES
@@ -369,6 +441,7 @@ def model_info(path: str | Path) -> dict:
         },
         "parameters": {**stats["parts"], "total": total},
         "stored_dtypes": stats["dtypes"],
+        "stop_tokens": stop_tokens(path),
         "quantisation": {
             "quantised": "language model linear layers (q/k/v/o, gate/up/down), via bitsandbytes",
             "kept": "vision tower, projector, lm_head, SAM-2, seg head (in --dtype)",

@@ -6,7 +6,7 @@ the bench's option-accuracy protocol does not apply; the *mask* metric is the be
 
 * ``lm_loss``, ``seg_loss``, ``tf_iou``: teacher-forced (ground-truth text and region tokens), the
   mask IoU of each [SEG] against its ground-truth mask;
-* ``answer_match``: free greedy generation (:func:`tscope.model.generate.generate`); the text inside
+* ``answer_match``: free greedy generation (:func:`tscope.model.interleave.generate`); the text inside
   ``<answer>…</answer>`` equals the ground truth's after lower-casing and collapsing whitespace;
 * ``gen_iou``: each ground-truth mask's best IoU among the generated masks of its frame (0 when the
   generation made none), as the bench scores a model's masks.
@@ -42,7 +42,7 @@ def evaluate_holdout(module, data: TrainData, limit: int | None = None, max_new_
     import torch
 
     from tscope.bench.evaluate import iou
-    from tscope.model.generate import generate
+    from tscope.model.interleave import generate, user_text
     from tscope.train.forward import TooLong
     from tscope.train.freeze import train_mode
 
@@ -62,8 +62,8 @@ def evaluate_holdout(module, data: TrainData, limit: int | None = None, max_new_
                 row = {"id": sample.id, "lm_loss": out["lm_loss"], "seg_loss": out["seg_loss"],
                        "tf_iou": _mean(out["iou"])}
                 if generate_answers:
-                    gen = generate(model, tokenizer, sample.images, sample.question, max_new_tokens=max_new_tokens,
-                                   sar=sample.sar)
+                    text = user_text(sample.question, model.config.system_prompt)
+                    gen = generate(model, tokenizer, sample.images, text, max_new_tokens=max_new_tokens, sar=sample.sar)
                     row["answer_match"] = answer_text(gen.text) == answer_text(sample.answer)
                     scores = []
                     for truth, frame in zip(sample.masks, sample.frames, strict=True):

@@ -1,11 +1,13 @@
 """Teacher forcing: one training sample -> the interleaved sequence the model sees, and its losses.
 
-The sequence is the inference prompt (:func:`tscope.model.generate.build_prompt`: system text, one
-``<img><IMG_CONTEXT>*N</img>`` block per image, the question, the assistant header) followed by the
-ground-truth gpt turn and ``<|im_end|>``. Right after every ``[SEG]`` the visual tokens under that
-``[SEG]``'s *ground-truth* mask are inserted as input embeddings (selected by the model's region rule,
-:func:`tscope.model.regions.select_region_tokens`, as at inference; for optical+SAR samples each
-position takes the more question-relevant modality, :func:`tscope.model.fusion.fuse_region`). Labels
+The sequence is the inference prompt (:func:`tscope.model.interleave.build_prompt` on
+:func:`~tscope.model.interleave.user_text`: system text, the image blocks -- one image dynamically
+tiled, each image of a pair or of optical + SAR one tile, as the release feeds them -- the question, the
+assistant header) followed by the ground-truth gpt turn and ``<|im_end|>``. Right after every ``[SEG]``
+the visual tokens under that ``[SEG]``'s *ground-truth* mask are inserted as input embeddings (selected
+by the model's region rule, :func:`tscope.model.regions.select_region_tokens`, as at inference; for
+optical+SAR samples each position takes the modality the release's query selection picks,
+:func:`tscope.model.fusion.fuse_region`, the query being every text token of the sequence). Labels
 are ``-100`` on the prompt, image and region positions, so only the gpt turn (and its ``<|im_end|>``)
 is predicted. Each ``[SEG]``'s last-layer hidden state goes through the seg head to SAM-2's mask
 decoder on the image of its frame; the mask loss compares SAM-2's candidates with the ground truth
@@ -51,12 +53,11 @@ class TeacherInputs:
 @dataclass
 class SequencePlan:
     """What a sample's sequence will hold, known before any model compute: the tiled images and their
-    layouts, the prompt ids (1, P) and question span, the answer ids, the visual-token indices
-    inserted after each [SEG], and the total ``length``."""
+    layouts, the prompt ids (1, P), the answer ids, the visual-token indices inserted after each [SEG],
+    and the total ``length``."""
 
     tiled: list
     prompt_ids: torch.Tensor
-    span: tuple[int, int]
     answer_ids: list[int]
     region_index: list[np.ndarray]
     length: int
@@ -64,16 +65,16 @@ class SequencePlan:
 
 def plan_sequence(model, tokenizer, sample: Sample, max_length: int | None = None) -> SequencePlan:
     """Tokenise and tile ``sample`` (no model forward); raises :class:`TooLong` beyond ``max_length``."""
-    from tscope.model.generate import Tokens, build_prompt
-    from tscope.model.images import tile_image
+    from tscope.model.images import model_tiles
+    from tscope.model.interleave import Tokens, build_prompt, user_text
     from tscope.model.regions import select_region_tokens
 
     cfg = model.config
     tokens = Tokens(tokenizer, cfg.tokens)
     pictures = list(sample.images) + ([sample.sar] if sample.sar is not None else [])
-    tiled = [tile_image(im, cfg.image_size, cfg.tokens_per_side, cfg.max_tiles, cfg.use_thumbnail) for im in pictures]
+    tiled = model_tiles(pictures, cfg.image_size, cfg.tokens_per_side, cfg.max_tiles, cfg.use_thumbnail)
     layouts = [layout for _, layout in tiled]
-    prompt_ids, span = build_prompt(tokenizer, tokens, cfg.system_prompt, sample.question, layouts)
+    prompt_ids = build_prompt(tokenizer, cfg.tokens, user_text(sample.question, cfg.system_prompt), layouts)
     answer_ids = tokenizer.encode(sample.answer + cfg.tokens.im_end, add_special_tokens=False)
     n_seg = answer_ids.count(tokens.seg)
     if n_seg != len(sample.masks):
@@ -81,23 +82,22 @@ def plan_sequence(model, tokenizer, sample: Sample, max_length: int | None = Non
     total = prompt_ids.shape[1] + len(answer_ids)
     region_index = []
     for k, mask in enumerate(sample.masks):
-        region_index.append(select_region_tokens(mask, layouts[sample.frames[k]], cfg.region))
+        region_index.append(select_region_tokens(mask, layouts[sample.frames[k]], cfg.image_size, cfg.region))
     total += sum(len(i) for i in region_index)
     if max_length and total > max_length:
         raise TooLong(f"sample {sample.id}: {total} tokens > max_length {max_length}")
-    return SequencePlan(tiled, prompt_ids, span, answer_ids, region_index, total)
+    return SequencePlan(tiled, prompt_ids, answer_ids, region_index, total)
 
 
 def build_inputs(model, tokenizer, sample: Sample, max_length: int | None = None,
                  plan: SequencePlan | None = None) -> TeacherInputs:
     """Sample -> :class:`TeacherInputs`. Visual tokens keep their graph (the projector may train)."""
     from tscope.model.fusion import fuse_region
-    from tscope.model.generate import Tokens, prompt_embeddings
+    from tscope.model.interleave import Tokens, prompt_embeddings, text_positions
 
     plan = plan or plan_sequence(model, tokenizer, sample, max_length)
     tokens = Tokens(tokenizer, model.config.tokens)
-    tiled, prompt_ids, span, answer_ids, region_index = (plan.tiled, plan.prompt_ids, plan.span, plan.answer_ids,
-                                                          plan.region_index)
+    tiled, prompt_ids, answer_ids, region_index = plan.tiled, plan.prompt_ids, plan.answer_ids, plan.region_index
     pixels = torch.from_numpy(np.concatenate([t for t, _ in tiled]))
     visual = model.image_tokens(pixels)  # (sum T, N, H)
     per_image, start = [], 0
@@ -107,8 +107,8 @@ def build_inputs(model, tokenizer, sample: Sample, max_length: int | None = None
 
     # prompt_embeddings reads only `.tokens` of each prepared image; these keep their autograd graph.
     prompt = prompt_embeddings(model, prompt_ids, tokens, [SimpleNamespace(tokens=t) for t in per_image])[0]
-    question = prompt[span[0]:span[1]]
     answer_embeds = model.embed(torch.tensor([answer_ids]))[0]
+    query = torch.cat([prompt[text_positions(prompt_ids, tokens).to(prompt.device)], answer_embeds])
     pieces = [prompt]
     labels = [torch.full((prompt.shape[0],), IGNORE, dtype=torch.long)]
     seg_positions, region_spans, region_sar = [], [], []
@@ -123,7 +123,7 @@ def build_inputs(model, tokenizer, sample: Sample, max_length: int | None = None
         seg_positions.append(cursor - 1)
         index, frame = region_index[seg_k], sample.frames[seg_k]
         if sample.sar is not None and frame == 0:
-            emb, flags = fuse_region(per_image[0], per_image[-1], question, index)
+            emb, flags = fuse_region(per_image[0], per_image[-1], query, index)
         else:
             emb, flags = per_image[frame][torch.as_tensor(index, device=per_image[frame].device)], \
                 np.zeros(len(index), np.uint8)
@@ -182,15 +182,15 @@ class TeacherForcing(nn.Module):
                 seg_hidden = hidden[0, [inputs.seg_positions[k] for k in ks]]
                 cands, iou_pred = model.decode_candidates(sam, seg_hidden)  # (n, 3, h, w), (n, 3)
                 target = torch.from_numpy(np.stack([sample.masks[k] for k in ks])).to(cands.device)
-                part, parts, kept = candidate_seg_loss(cands, iou_pred, target, self.bce_weight, self.dice_weight,
-                                                       self.iou_weight)
+                part, parts, kept = candidate_seg_loss(cands, iou_pred, target, model.config.sam_image_size,
+                                                       self.bce_weight, self.dice_weight, self.iou_weight)
                 mask_logits = cands[torch.arange(len(ks), device=kept.device), kept]
                 weight = len(ks) / len(inputs.seg_positions)
                 seg_total = seg_total + part * weight
                 bce += parts["bce"] * weight
                 dice += parts["dice"] * weight
                 iou_mse += parts["iou_mse"] * weight
-                for k, v in zip(ks, mask_iou(mask_logits, target), strict=True):
+                for k, v in zip(ks, mask_iou(mask_logits, target, model.config.sam_image_size), strict=True):
                     ious[k] = v
             loss = loss + seg_total
             result.update(seg_loss=float(seg_total.detach()), bce=bce, dice=dice, iou_mse=iou_mse, iou=ious)

@@ -41,19 +41,19 @@ def dice_per_mask(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) 
     return 1 - (2 * (prob * flat).sum(-1) + eps) / (prob.sum(-1) + flat.sum(-1) + eps)
 
 
-def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> list[float | None]:
+def mask_iou(logits: torch.Tensor, target: torch.Tensor, video_side: int) -> list[float | None]:
     """IoU per mask against bool targets (N, H, W) of the mask inference makes from ``logits``
-    (:meth:`TerraScopeModel.masks_from_logits`), scored as the bench scores (None when both are empty)."""
+    (:func:`tscope.model.architecture.masks_from_logits`), scored as the bench scores (None when both are empty)."""
     from tscope.bench.evaluate import iou
-    from tscope.model.architecture import TerraScopeModel
+    from tscope.model.architecture import masks_from_logits
 
     with torch.no_grad():
-        pred = TerraScopeModel.masks_from_logits(logits.detach(), tuple(target.shape[-2:]))
+        pred = masks_from_logits(logits.detach(), tuple(target.shape[-2:]), video_side)
     truth = target.bool().cpu().numpy()
     return [iou(p, t) for p, t in zip(pred, truth, strict=True)]
 
 
-def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor,
+def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, video_side: int,
                        bce_weight: float = 2.0, dice_weight: float = 0.5,
                        iou_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """SAM-2's candidates (N, C, h, w) with predicted IoUs (N, C) against targets (N, H, W).
@@ -61,11 +61,11 @@ def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target:
     Returns (loss, {"bce", "dice", "iou_mse"} of the trained candidates, the index (N,) of the
     candidate inference would keep: best predicted IoU).
     """
+    from tscope.model.architecture import upsample_logits
+
     n, c = candidates.shape[:2]
     size = tuple(target.shape[-2:])
-    from tscope.model.architecture import TerraScopeModel
-
-    full = TerraScopeModel.upsample_logits(candidates.flatten(0, 1), size).view(n, c, *size)
+    full = upsample_logits(candidates.flatten(0, 1), size, video_side).view(n, c, *size)
     flat_target = target[:, None].expand(n, c, *size).flatten(0, 1)
     bce = bce_per_mask(full.flatten(0, 1), flat_target).view(n, c)
     dice = dice_per_mask(full.flatten(0, 1), flat_target).view(n, c)
@@ -75,7 +75,7 @@ def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target:
     loss = per[rows, best].mean()
     with torch.no_grad():
         # Both empty counts as a perfect mask (IoU 1) for the IoU head.
-        actual = torch.tensor([[1.0 if v is None else v for v in mask_iou(candidates[:, j], target)]
+        actual = torch.tensor([[1.0 if v is None else v for v in mask_iou(candidates[:, j], target, video_side)]
                                for j in range(c)], device=iou_pred.device).T
     iou_mse = F.mse_loss(iou_pred.float(), actual)
     loss = loss + iou_weight * iou_mse
