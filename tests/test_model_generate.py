@@ -17,7 +17,8 @@ import tiny_terrascope as tt  # noqa: E402
 from tscope.model.config import RegionConfig  # noqa: E402
 from tscope.model.fusion import fuse_region  # noqa: E402
 from tscope.model.images import TileLayout, choose_grid  # noqa: E402
-from tscope.model.interleave import choose_frame, generate, recompute, user_text  # noqa: E402
+from tscope.model.interleave import choose_frame, generate, recompute  # noqa: E402
+from tscope.model.prompt import user_text  # noqa: E402
 from tscope.model.regions import coverage_grid, select_region_tokens, token_grid  # noqa: E402
 
 

@@ -136,7 +136,8 @@ def test_quantised_load_keeps_vision_sam_and_seg_head_unquantised(tmp_path, quan
     assert not quantized_modules(loaded.model.vision_tower) and not quantized_modules(loaded.model.sam2)
     import numpy as np
 
-    from tscope.model.interleave import generate, user_text
+    from tscope.model.interleave import generate
+    from tscope.model.prompt import user_text
 
     image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     text = user_text("Where is the water?", loaded.model.config.system_prompt)

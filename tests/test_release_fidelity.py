@@ -23,8 +23,9 @@ import tiny_terrascope as tt  # noqa: E402
 from tscope.errors import InputError  # noqa: E402
 from tscope.model.config import TerraScopeConfig  # noqa: E402
 from tscope.model.images import model_tiles  # noqa: E402
-from tscope.model.interleave import generate, user_text  # noqa: E402
+from tscope.model.interleave import generate  # noqa: E402
 from tscope.model.loading import load_terrascope  # noqa: E402
+from tscope.model.prompt import user_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -82,8 +82,9 @@ def changed(before: dict, after: dict, prefix: str) -> tuple[list[str], list[str
 
 def test_region_tokens_sit_after_seg_and_are_not_labelled(tiny, cot):
     from tscope.model.images import tile_image
-    from tscope.model.interleave import build_prompt, user_text
+    from tscope.model.interleave import build_prompt
     from tscope.model.loading import load_terrascope
+    from tscope.model.prompt import user_text
     from tscope.model.regions import select_region_tokens
     from tscope.train.dataset import TrainData
     from tscope.train.forward import TeacherForcing, build_inputs

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tscope.errors import InputError
 from tscope.geo.scene import ReadOptions, open_scenes
 from tscope.reason.backend import Progress, get_backend
-from tscope.reason.query import parse_query
+from tscope.reason.query import NotMeasurable, free_query, parse_query
 from tscope.reason.trace import Trace
 from tscope.report import default_out_dir, prepare_out_dir, write_outputs
 
@@ -27,11 +28,19 @@ def ask(
 ) -> Trace:
     """Answer ``question`` over one scene (or a before/after pair) and write the outputs.
 
-    Everything that can be checked before the work (scenes, question, backend, ``out``) is checked
-    first, so bad input fails fast and leaves nothing behind.
+    A measurable question (coverage, area, ...) is answered from masks with the shared measures by
+    either backend; any other question (free-form, multiple-choice) goes to the TerraScope model as
+    written. Everything that can be checked before the work (scenes, question, backend, ``out``) is
+    checked first, so bad input fails fast and leaves nothing behind.
     """
     opened = open_scenes(scenes, read_options)
-    query = parse_query(question, n_scenes=len(opened))
+    try:
+        query = parse_query(question, n_scenes=len(opened))
+    except NotMeasurable as exc:
+        if backend != "terrascope":
+            raise InputError(f"{exc}. The {backend} backend answers measurable questions only; free-form and"
+                             " multiple-choice questions need --backend terrascope --model DIR") from None
+        query = free_query(question, n_scenes=len(opened))
     engine = get_backend(backend, **(backend_options or {}))
     out_dir = None
     if write:

@@ -94,6 +94,10 @@ def quicklook(scene: Scene, trace: Trace, frame: str) -> Image.Image:
 
 def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, tuple]]) -> str:
     lines = [f"# {trace.question}", "", f"**Answer:** {trace.answer}", ""]
+    if trace.model_answer is not None and trace.model_answer != trace.answer:
+        lines += [f"**The model's own answer:** {trace.model_answer}", ""]
+    if trace.choice is not None:
+        lines += [f"**Chosen option:** {trace.choice}", ""]
     for name in quicklooks:
         lines += [f"![quicklook]({name})", ""]
     if legend:
@@ -115,6 +119,10 @@ def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, 
         lines += ["", "## Tiles", "", "| tile | window | answer |", "|---|---|---|"]
         for tile in trace.tiles:
             lines.append(f"| {tile.get('id')} | {tile.get('window')} | {tile.get('answer', '')} |")
+        checks = [(tile.get("id"), c) for tile in trace.tiles for c in tile.get("checks", [])]
+        if checks:
+            lines += ["", "| tile | asked | answer | mask |", "|---|---|---|---|"]
+            lines += [f"| {i} | {c['asked']} | {c['answer']} | {'yes' if c['masks'] else 'no'} |" for i, c in checks]
     lines += ["", "## Notes", ""]
     lines += [f"- {note}" for note in trace.notes]
     lines += ["", "## Scenes", ""]

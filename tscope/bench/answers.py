@@ -10,39 +10,12 @@ response outside ``<think>``; no letter is a wrong answer.
 
 from __future__ import annotations
 
-import re
-
 from tscope.model.config import SYSTEM_PROMPT as SYSTEM
+from tscope.model.prompt import choices_question, extract_letter, user_text
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.IGNORECASE | re.DOTALL)
-_LETTER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
+__all__ = ["SYSTEM", "extract_letter", "format_prompt"]
 
 
 def format_prompt(question: str, candidates: dict[str, str]) -> str:
     """The full user turn for one sample (``<image>`` marks where the image tokens go)."""
-    options = "".join(f"{key}. {candidates[key]}\n" for key in sorted(candidates))
-    return f"{SYSTEM}<image>\n{question}\n{options}"
-
-
-def extract_letter(response: str, letters: str = "ABCD") -> tuple[str | None, str]:
-    """(option letter or None, how it was found: ``answer-tag``, ``first-letter`` or ``none``).
-
-    Inside ``<answer>`` a lower-case letter counts only when it is the whole answer ("b", "b.");
-    elsewhere only upper-case letters count, so the article "a" in prose is never read as option A.
-    """
-    if not response:
-        return None, "none"
-    tag = _ANSWER.search(response)
-    if tag:
-        inner = tag.group(1).strip()
-        whole = re.fullmatch(r"\(?([A-Da-d])[\.\):]?", inner)
-        if whole and whole.group(1).upper() in letters:
-            return whole.group(1).upper(), "answer-tag"
-        found = next((m.group(1) for m in _LETTER.finditer(inner) if m.group(1) in letters), None)
-        if found:
-            return found, "answer-tag"
-        return None, "none"
-    outside = _THINK.sub(" ", response)
-    found = next((m.group(1) for m in _LETTER.finditer(outside) if m.group(1) in letters), None)
-    return (found, "first-letter") if found else (None, "none")
+    return user_text(choices_question(question, candidates), SYSTEM)

@@ -22,6 +22,9 @@ def command(
     dtype: str = typer.Option("bf16", "--dtype", help="terrascope: bf16, fp16 or fp32."),
     device: str = typer.Option("auto", "--device", help="terrascope: auto, cpu, cuda, cuda:N."),
     tile_overlap: int = typer.Option(64, "--tile-overlap", help="terrascope scene mode: overlap between tiles (px)."),
+    tile_answers: int = typer.Option(16, "--tile-answers",
+                                     help="terrascope, free-form question on a scene larger than one model input:"
+                                          " also list each tile's own answer when there are at most this many."),
     bands: str = typer.Option(None, "--bands", help="Band names in file order, e.g. red,green,blue,nir (_ skips one)."),
     sensor: str = typer.Option(None, "--sensor", help="Band preset: s2-l2a, s2-l1c, landsat8, rgbn, rgb, s1."),
     l2a_offset: bool = typer.Option(
@@ -34,7 +37,11 @@ def command(
     no_cloud_mask: bool = typer.Option(False, "--no-cloud-mask", help="spectral: keep cloudy pixels in the measures."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Answer a question about a scene; write answer.md, masks/*.tif (COG), masks.geojson, answer.json."""
+    """Answer a question about a scene; write answer.md, masks/*.tif (COG), masks.geojson, answer.json.
+
+    Measurable questions (coverage, area, ...) are answered with either backend; free-form and
+    multiple-choice questions are answered by the TerraScope model (--backend terrascope).
+    """
     from tscope.ask import ask
     from tscope.geo.scene import ReadOptions
 
@@ -48,7 +55,8 @@ def command(
     if backend == "terrascope":
         if model is None:
             raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")
-        options = dict(model=model, quant=quant, dtype=dtype, device=device, tile_overlap=tile_overlap)
+        options = dict(model=model, quant=quant, dtype=dtype, device=device, tile_overlap=tile_overlap,
+                       tile_answers=tile_answers)
     else:
         options = dict(rules=str(rules) if rules else None, mask_clouds=not no_cloud_mask)
     with progress_bar("reasoning", quiet=quiet) as progress:

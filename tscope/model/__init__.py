@@ -16,7 +16,7 @@ _EXPORTS = {
     "load_terrascope": "tscope.model.loading", "save_terrascope": "tscope.model.loading",
     "model_info": "tscope.model.loading", "convert": "tscope.model.loading",
     "TerraScopeModel": "tscope.model.architecture", "TerraScopeConfig": "tscope.model.config",
-    "generate": "tscope.model.interleave", "user_text": "tscope.model.interleave",
+    "generate": "tscope.model.interleave", "user_text": "tscope.model.prompt",
     "TerraScopeBackend": "tscope.model.backend",
     "ModelOutput": "tscope.model.backend",
 }

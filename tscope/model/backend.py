@@ -22,13 +22,26 @@ import numpy as np
 from tscope.errors import InputError
 from tscope.geo.mask import Mask
 from tscope.geo.scene import Scene
+from tscope.model.prompt import answer_of, extract_letter
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query, _class_pattern
 from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
 
-_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 _SPECIAL = re.compile(r"<\|[^|]*\|>|<IMG_CONTEXT>|<REGION>")
+
+
+@dataclass
+class SceneInputs:
+    """What every path of the backend reads from the scenes: scenes by frame, the frames asked about,
+    the first scene, whether it carries optical + SAR, and the scene-wide stretch limits."""
+
+    by_frame: dict[str, Scene]
+    frames: list[str]
+    first: Scene
+    fusion: bool
+    limits: dict[str, dict]
+    sar_limits: dict | None
 
 
 @dataclass
@@ -48,9 +61,30 @@ def class_before(text: str) -> str | None:
     return lookup[found[-1]] if found else None
 
 
-def answer_of(text: str) -> str:
-    match = _ANSWER.search(text)
-    return (match.group(1) if match else "").strip()
+def _clean(text: str) -> str:
+    return " ".join(_SPECIAL.sub("", text).replace("<think>", " ").replace("</think>", " ").split())
+
+
+_YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def disagreement(query: Query, numbers: dict[str, Number], said: str) -> str | None:
+    """A note when the model's own answer contradicts the measured one: yes/no for existence and
+    adjacency, the percentage for coverage (more than 5 points apart), the count for counting."""
+    if query.task in ("existence", "adjacency"):
+        key = "present" if query.task == "existence" else "borders"
+        match = _YES_NO.match(said)
+        if match and key in numbers and (match.group(1).lower() == "yes") != bool(numbers[key].value):
+            return f"it disagrees with the measured answer ({key}: {numbers[key].value})"
+        return None
+    key = {"coverage": "coverage_percent", "count": "count"}.get(query.task)
+    found = _NUMBER.search(said)
+    if key and found and key in numbers:
+        said_value, measured = float(found.group()), float(numbers[key].value)
+        if abs(said_value - measured) > (5.0 if query.task == "coverage" else 0.0):
+            return f"it disagrees with the measured {key} {measured:g}"
+    return None
 
 
 class TerraScopeBackend:
@@ -58,7 +92,7 @@ class TerraScopeBackend:
 
     def __init__(self, model: str | Path, quant: str = "none", dtype: str = "bf16", device: str = "auto",
                  tile_overlap: int = 64, scene_tile: int = 448, max_new_tokens: int | None = None,
-                 batch_tiles: int = 4, **kwargs):
+                 batch_tiles: int = 4, tile_answers: int = 16, **kwargs):
         if kwargs:
             raise InputError(f"unknown terrascope options: {', '.join(sorted(kwargs))}")
         if scene_tile < 32:
@@ -73,6 +107,7 @@ class TerraScopeBackend:
         self.tile_overlap, self.scene_tile = tile_overlap, scene_tile
         self.max_new_tokens = max_new_tokens
         self.batch_tiles = max(1, batch_tiles)
+        self.tile_answers = tile_answers
 
     # --- one prompt ----------------------------------------------------------------------------
 
@@ -84,7 +119,8 @@ class TerraScopeBackend:
         :func:`tscope.bench.answers.format_prompt`); a text without one is taken as a question and gets
         the release's system text and ``<image>`` in front (:func:`tscope.model.interleave.user_text`).
         """
-        from tscope.model.interleave import IMAGE, generate, user_text
+        from tscope.model.interleave import generate
+        from tscope.model.prompt import IMAGE, user_text
 
         for image in images:
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -97,12 +133,9 @@ class TerraScopeBackend:
 
     # --- scene scale ---------------------------------------------------------------------------
 
-    def reason(self, scenes: Sequence[Scene], query: Query, progress: Progress | None = None) -> Trace:
-        from tscope.model.fusion import sar_to_rgb
-        from tscope.model.interleave import prepare_batch
-        from tscope.model.tiling import RGB, read_rgb, scene_kind, stitch, stretch_limits, tile_windows
+    def _inputs(self, scenes: Sequence[Scene], query: Query) -> SceneInputs:
+        from tscope.model.tiling import RGB, scene_kind, stretch_limits
 
-        trace = Trace(question=query.question, query=query, backend=self.name, scenes=[s.describe() for s in scenes])
         by_frame = {s.frame: s for s in scenes}
         frames = list(query.frames)
         for frame in frames:
@@ -114,6 +147,22 @@ class TerraScopeBackend:
         limits = {f: stretch_limits(by_frame[f], RGB if scene_kind(by_frame[f]) == "optical" else ("vh", "vv"))
                   for f in frames}
         sar_limits = stretch_limits(first, ("vh", "vv")) if fusion else None
+        return SceneInputs(by_frame, frames, first, fusion, limits, sar_limits)
+
+    def reason(self, scenes: Sequence[Scene], query: Query, progress: Progress | None = None) -> Trace:
+        """Answer ``query``: measurable tasks from stitched tile masks and the measures; a free-form
+        question (``query.task == "free"``) by the model itself (:meth:`answer_free`)."""
+        from tscope.model.fusion import sar_to_rgb
+        from tscope.model.interleave import prepare_batch
+        from tscope.model.tiling import read_rgb, stitch, tile_windows
+        from tscope.reason.query import FREE
+
+        trace = Trace(question=query.question, query=query, backend=self.name, scenes=[s.describe() for s in scenes])
+        inputs_of = self._inputs(scenes, query)
+        if query.task == FREE:
+            return self.answer_free(inputs_of, query, trace, progress)
+        by_frame, frames, first, fusion = inputs_of.by_frame, inputs_of.frames, inputs_of.first, inputs_of.fusion
+        limits, sar_limits = inputs_of.limits, inputs_of.sar_limits
         grid = first.grid
         windows = tile_windows(grid.width, grid.height, self.scene_tile, self.tile_overlap)
         tile_masks: dict[tuple[str, str], dict[int, np.ndarray]] = {(c, f): {} for c in query.classes for f in frames}
@@ -176,13 +225,124 @@ class TerraScopeBackend:
         trace.notes.append("the answer is computed from the stitched masks with tscope's measures,"
                            " not from the model's per-tile text")
         solve(query, masks, trace)
+        self._model_answer(inputs_of, query, trace, len(windows))
         return trace
+
+    def _overview(self, inputs: SceneInputs) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray, int]:
+        """The whole scene as one model input: (images per frame, SAR twin, valid mask, decimation factor)."""
+        from rasterio.windows import Window
+
+        from tscope.model.fusion import sar_to_rgb
+        from tscope.model.tiling import overview_factor, read_rgb, read_rgb_overview
+
+        cfg = self.model.config
+        grid = inputs.first.grid
+        n_images = len(inputs.frames) + (1 if inputs.fusion else 0)
+        factor = overview_factor(grid.width, grid.height, n_images, cfg.image_size, cfg.max_tiles)
+        images, valid = [], None
+        for frame in inputs.frames:
+            scene = inputs.by_frame[frame]
+            if factor == 1:
+                rgb, ok = read_rgb(scene, Window(0, 0, grid.width, grid.height), inputs.limits[frame])
+            else:
+                rgb, ok = read_rgb_overview(scene, factor, inputs.limits[frame])
+            images.append(rgb)
+            valid = ok if valid is None else valid & ok
+        sar = None
+        if inputs.fusion:
+            if factor == 1:
+                bands, _ = inputs.first.read(["vh", "vv"], Window(0, 0, grid.width, grid.height))
+                sar = sar_to_rgb(bands["vh"], bands["vv"], inputs.sar_limits)
+            else:
+                sar = read_rgb_overview(inputs.first, factor, inputs.sar_limits, sar=True)[0]
+        return images, sar, valid, factor
+
+    def answer_free(self, inputs: SceneInputs, query: Query, trace: Trace, progress: Progress | None = None) -> Trace:
+        """A question no measure answers: the model answers it as written, on the whole scene.
+
+        A scene that fits one model input is given at full resolution; a larger one as an overview
+        decimated until it fits, its masks mapped back onto the scene grid (nearest), and -- for at
+        most ``tile_answers`` scene tiles -- each tile's own answer listed under Tiles.
+        """
+        from tscope.model.interleave import generate
+        from tscope.model.prompt import user_text
+        from tscope.model.tiling import read_rgb, tile_windows, upsample_nearest
+        from tscope.reason.query import choice_letters
+
+        grid = inputs.first.grid
+        images, sar, valid, factor = self._overview(inputs)
+        text = user_text(query.question, self.model.config.system_prompt)
+        gen = generate(self.model, self.tokenizer, images, text, self.max_new_tokens, sar=sar)
+        previous = 0
+        for k, step in enumerate(gen.seg_steps):
+            words = self.tokenizer.decode(gen.token_ids[previous:step], skip_special_tokens=True)
+            previous = step + 1
+            mask = gen.masks[k] if factor == 1 else upsample_nearest(gen.masks[k], grid.shape)
+            full_valid = valid if factor == 1 else upsample_nearest(valid, grid.shape)
+            frame = inputs.frames[gen.frames[k]]
+            label = class_before(words) or "segment"
+            trace.add_mask(Mask(data=mask.copy(), valid=full_valid, grid=grid, label=label, frame=frame,
+                                source="terrascope [SEG]"), f"{_clean(words)} {SEG}")
+        tail = _clean(self.tokenizer.decode(gen.token_ids[previous:], skip_special_tokens=True))
+        if tail:
+            trace.say(tail)
+        trace.answer = trace.model_answer = answer_of(gen.text) or _clean(_SPECIAL.sub("", gen.text))
+        letters = choice_letters(query.question)
+        if letters:
+            trace.choice = extract_letter(gen.text, letters)[0]
+        trace.numbers["seg_tokens"] = Number(len(gen.masks))
+        if factor == 1:
+            trace.notes.append("free-form question: the model answered it on the whole scene at full resolution"
+                               " (it fits one model input)")
+        else:
+            h, w = images[0].shape[:2]
+            trace.notes.append(f"free-form question: the scene is larger than one model input, so the model answered"
+                               f" it on an overview decimated {factor}x to {w} x {h} px; its masks are mapped back"
+                               " onto the scene grid at that resolution")
+            windows = tile_windows(grid.width, grid.height, self.scene_tile, self.tile_overlap)
+            if len(windows) <= self.tile_answers:
+                for i, window in enumerate(windows):
+                    tile = [read_rgb(inputs.by_frame[f], window, inputs.limits[f])[0] for f in inputs.frames]
+                    one = generate(self.model, self.tokenizer, tile, text, self.max_new_tokens)
+                    trace.tiles.append({"id": i, "window": [int(window.col_off), int(window.row_off),
+                                                            int(window.width), int(window.height)],
+                                        "answer": answer_of(one.text), "text": _SPECIAL.sub("", one.text)[:1000],
+                                        "segs": len(one.masks), "checks": []})
+                    if progress:
+                        progress(i + 1, len(windows))
+                trace.notes.append(f"each of the {len(windows)} scene tiles' own answers is listed under Tiles")
+            else:
+                trace.notes.append(f"the scene has {len(windows)} tiles of {self.scene_tile} px, more than"
+                                   f" --tile-answers {self.tile_answers}: per-tile answers were not computed")
+        trace.notes.append(f"terrascope backend: {self.model_path} ({self.layout} layout, {self.dtype},"
+                           f" quant {self.quant}); answered by the model, no tscope measure involved")
+        return trace
+
+    def _model_answer(self, inputs: SceneInputs, query: Query, trace: Trace, n_tiles: int) -> None:
+        """Put the model's own answer beside the measured one, and note when they disagree."""
+        from tscope.model.interleave import generate
+        from tscope.model.prompt import user_text
+
+        if n_tiles == 1:
+            said = trace.tiles[0]["answer"]
+            where = "on the scene's single tile"
+        else:
+            images, sar, _, factor = self._overview(inputs)
+            gen = generate(self.model, self.tokenizer, images, user_text(query.question,
+                                                                        self.model.config.system_prompt),
+                           self.max_new_tokens, sar=sar)
+            said = answer_of(gen.text)
+            where = "on the whole scene" + (f" decimated {factor}x" if factor > 1 else "")
+        trace.model_answer = said
+        verdict = disagreement(query, trace.numbers, said)
+        trace.notes.append(f"the model's own answer ({where}): {said!r}" + (f"; {verdict}" if verdict else ""))
 
     def _reason_tile(self, images: list[np.ndarray], sar: np.ndarray | None, prepared: list, query: Query,
                      frames: list[str]) -> tuple[dict, dict[tuple[str, str], list[np.ndarray]]]:
         """One scene tile: the question, then, for each class it needs that got no [SEG], whether the
         model affirms the class is there. Returns the tile's trace record and its masks per (class, frame)."""
-        from tscope.model.interleave import generate, user_text
+        from tscope.model.interleave import generate
+        from tscope.model.prompt import user_text
 
         system = self.model.config.system_prompt
 

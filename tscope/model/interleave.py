@@ -33,9 +33,9 @@ import torch
 from tscope.model.architecture import SamImage, TerraScopeModel
 from tscope.model.fusion import fuse_region
 from tscope.model.images import TileLayout, model_tiles
+from tscope.model.prompt import IMAGE
 from tscope.model.regions import select_region_tokens
 
-IMAGE = "<image>"
 _FRAME = re.compile(r"image\s*:?\s*t?_?(\d+)", re.IGNORECASE)
 
 # ``override(n, greedy_id) -> id`` may replace the greedy choice of generated token n (region tokens
@@ -104,11 +104,6 @@ class Tokens:
         """The eos id and the release's stop ids for one image / several (those the model can emit)."""
         release = self.names.release_stop_single if n_images == 1 else self.names.release_stop_pair
         return {self.eos} | {i for i in release if i < vocab_size}
-
-
-def user_text(question: str, system_prompt: str) -> str:
-    """The user turn the release's evaluation scripts send: the system text, ``<image>``, the question."""
-    return f"{system_prompt}{IMAGE}\n{question}"
 
 
 def build_prompt(tokenizer, names, text: str, layouts: list[TileLayout]) -> torch.Tensor:

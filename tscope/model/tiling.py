@@ -15,6 +15,7 @@ from rasterio.windows import Window
 
 from tscope.geo.scene import Scene
 from tscope.model.fusion import sar_db, sar_to_rgb, stretch_to_uint8
+from tscope.model.images import choose_grid
 
 RGB = ("red", "green", "blue")
 
@@ -103,3 +104,44 @@ def read_rgb(scene: Scene, window: Window, limits: dict) -> tuple[np.ndarray, np
         return rgb, valid
     bands, valid = scene.read(["vh", "vv"], window)
     return sar_to_rgb(bands["vh"], bands["vv"], limits, valid), valid
+
+
+def fits_model_input(width: int, height: int, n_images: int, image_size: int, max_tiles: int) -> bool:
+    """Whether the model sees an image of this size without downsampling: one image is tiled onto the
+    grid of at most ``max_tiles`` tiles chosen for its aspect ratio; each image of several is one tile."""
+    if n_images > 1:
+        return max(width, height) <= image_size
+    cols, rows = choose_grid(width, height, image_size, 1, max_tiles)
+    return width <= cols * image_size and height <= rows * image_size
+
+
+def overview_factor(grid_width: int, grid_height: int, n_images: int, image_size: int, max_tiles: int) -> int:
+    """The smallest integer decimation after which a scene fits one model input (1: it fits as it is)."""
+    factor = 1
+    while not fits_model_input(max(1, grid_width // factor), max(1, grid_height // factor), n_images, image_size,
+                               max_tiles):
+        factor += 1
+    return factor
+
+
+def read_rgb_overview(scene: Scene, factor: int, limits: dict, sar: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (h, w, 3) model input of the whole scene decimated by ``factor`` (area average) and its valid
+    mask (pixels whose every band is finite): true colour, or SAR's VH/VV/mean (also for an optical
+    scene's SAR bands with ``sar``)."""
+    sar = sar or scene_kind(scene) != "optical"
+    names = ["vh", "vv"] if sar else list(RGB)
+    max_side = max(1, max(scene.grid.width, scene.grid.height) // factor)
+    data = scene.read_overview(names, max_side)
+    valid = np.isfinite(data).all(axis=0)
+    if not sar:
+        rgb = np.stack([stretch_to_uint8(band, None, limits[name]) for name, band in zip(names, data, strict=True)],
+                       axis=-1)
+        return rgb, valid
+    return sar_to_rgb(data[0], data[1], limits, valid), valid
+
+
+def upsample_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool (h, w) on a decimated grid -> bool ``shape`` on the full grid (each pixel takes its cell)."""
+    rows = np.minimum((np.arange(shape[0]) * mask.shape[0]) // shape[0], mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * mask.shape[1]) // shape[1], mask.shape[1] - 1)
+    return mask[np.ix_(rows, cols)]

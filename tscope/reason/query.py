@@ -17,6 +17,7 @@ from importlib import resources
 from tscope.errors import InputError
 
 TASKS = ("coverage", "area", "compare", "adjacency", "distance", "count", "existence", "locate", "change")
+FREE = "free"  # a question no measure answers: only the TerraScope model answers it, as written
 
 EXAMPLES = {
     "coverage": "What percentage of the image is covered by forest?",
@@ -141,6 +142,25 @@ def _min_area(text: str) -> float | None:
     return _area_value(match.group(1), match.group(2)) if match else None
 
 
+class NotMeasurable(InputError):
+    """The question is not one of the measurable tasks (the TerraScope model can still answer it)."""
+
+
+# Options of a multiple-choice question, as TerraScope-Bench writes them: "A. ..." on lines of their own.
+_OPTION = re.compile(r"^\s*\(?([A-Z])[.):]\s+\S", re.MULTILINE)
+
+
+def choice_letters(question: str) -> str:
+    """The option letters of a multiple-choice question ("" when it has fewer than two options)."""
+    letters = "".join(m.group(1) for m in _OPTION.finditer(question))
+    return letters if len(letters) >= 2 else ""
+
+
+def free_query(question: str, n_scenes: int = 1) -> Query:
+    """The query of a free-form question: the model answers it as written, on every frame given."""
+    return Query(question=question, task=FREE, classes=[], frames=["t1", "t2"][:n_scenes])
+
+
 def known_tasks_message() -> str:
     examples = "; ".join(f"{task}: {q!r}" for task, q in EXAMPLES.items())
     classes = ", ".join(info.label for info in vocabulary().values())
@@ -148,10 +168,16 @@ def known_tasks_message() -> str:
 
 
 def parse_query(question: str, n_scenes: int = 1) -> Query:
-    """Parse ``question`` (about ``n_scenes`` scenes) into a :class:`Query`."""
+    """Parse ``question`` (about ``n_scenes`` scenes) into a :class:`Query`.
+
+    A question no measure answers (no task, no known class, a negated class, or multiple-choice options)
+    raises :class:`NotMeasurable`; other mistakes in a measurable question raise :class:`InputError`.
+    """
     text = " ".join(question.lower().split())
     if not text:
         raise InputError("the question is empty; " + known_tasks_message())
+    if choice_letters(question):
+        raise NotMeasurable(f"{question.splitlines()[0]!r} is a multiple-choice question")
     pattern, lookup = _class_pattern()
     classes: list[str] = []
     for match in pattern.finditer(text):
@@ -159,7 +185,8 @@ def parse_query(question: str, n_scenes: int = 1) -> Query:
         if name not in classes:
             classes.append(name)
     if re.search(r"\bnot\b|\bnon-|\bother than\b|\bexcept\b|\bexcluding\b|\bwithout\b", text):
-        raise InputError(f"{question!r} negates a class; ask about the class itself (e.g. {EXAMPLES['coverage']!r})")
+        raise NotMeasurable(f"{question!r} negates a class; ask about the class itself"
+                            f" (e.g. {EXAMPLES['coverage']!r})")
     # "more ... than" also appears in thresholds ("more than 1 ha"): a comparison needs two classes.
     task = next((name for name, pat in _TASK_PATTERNS
                  if re.search(pat, text) and not (name == "compare" and len(classes) < 2)), None)
@@ -171,9 +198,9 @@ def parse_query(question: str, n_scenes: int = 1) -> Query:
     if task == "change" and n_scenes != 2:
         raise InputError("a change question needs two scenes: tscope ask BEFORE.tif AFTER.tif \"...\"")
     if task is None:
-        raise InputError(f"cannot tell what {question!r} asks; " + known_tasks_message())
+        raise NotMeasurable(f"cannot tell what {question!r} asks; " + known_tasks_message())
     if not classes:
-        raise InputError(
+        raise NotMeasurable(
             f"no known land-cover class in {question!r}; classes: "
             + ", ".join(info.label for info in vocabulary().values())
         )

@@ -44,6 +44,10 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     tiles: list[dict] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    # What the TerraScope model itself answered (its <answer> text) and, for a multiple-choice
+    # question, the option letter it chose; None with the spectral backend.
+    model_answer: str | None = None
+    choice: str | None = None
 
     def add_mask(self, mask: Mask, text: str) -> str:
         """Record a ``[SEG]`` step producing ``mask``; returns the mask id (``01_forest``)."""
@@ -79,6 +83,8 @@ class Trace:
             "query": self.query.to_dict(),
             "backend": self.backend,
             "answer": self.answer,
+            "model_answer": self.model_answer,
+            "choice": self.choice,
             "numbers": {k: asdict(v) for k, v in self.numbers.items()},
             "steps": [asdict(s) for s in self.steps],
             "reasoning": self.reasoning_text(),

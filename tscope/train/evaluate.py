@@ -42,7 +42,8 @@ def evaluate_holdout(module, data: TrainData, limit: int | None = None, max_new_
     import torch
 
     from tscope.bench.evaluate import iou
-    from tscope.model.interleave import generate, user_text
+    from tscope.model.interleave import generate
+    from tscope.model.prompt import user_text
     from tscope.train.forward import TooLong
     from tscope.train.freeze import train_mode
 

@@ -66,7 +66,8 @@ class SequencePlan:
 def plan_sequence(model, tokenizer, sample: Sample, max_length: int | None = None) -> SequencePlan:
     """Tokenise and tile ``sample`` (no model forward); raises :class:`TooLong` beyond ``max_length``."""
     from tscope.model.images import model_tiles
-    from tscope.model.interleave import Tokens, build_prompt, user_text
+    from tscope.model.interleave import Tokens, build_prompt
+    from tscope.model.prompt import user_text
     from tscope.model.regions import select_region_tokens
 
     cfg = model.config
