@@ -75,6 +75,7 @@ _GENERIC_KEYS = frozenset({
     "begin_suppress_tokens", "finetuning_task", "id2label", "label2id", "tokenizer_class", "prefix",
     "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
     "task_specific_params", "problem_type", "use_cache", "initializer_range", "attn_implementation",
+    "tie_word_embeddings",
 })
 # Qwen2 (llm_config) keys passed to transformers 5's Qwen2Config as they are; rope_theta / rope_scaling
 # become its rope_parameters.
