@@ -189,3 +189,12 @@ def test_a_tile_gains_a_class_mask_only_when_the_model_affirms_it(slovenia, tmp_
     trace = ask([slovenia], question, backend="terrascope", backend_options=options, out=tmp_path / "yes")
     assert trace.numbers["coverage_percent"].value == pytest.approx(100.0)
     assert all(t["checks"][0]["affirmed"] and t["checks"][0]["masks"] == 1 for t in trace.tiles)
+
+
+def test_model_info_names_the_release_stop_ids(tmp_path):
+    from tscope.model.loading import stop_tokens
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "sa2va_chat"}))
+    added = [{"id": 151677, "content": "<REGION>"}, {"id": 151682, "content": "<|end|>"}]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": added, "model": {"vocab": {}}}))
+    assert stop_tokens(tmp_path) == {"single": {"151682": "<|end|>"}, "pair": {"151682": "<|end|>", "151684": None}}
