@@ -857,7 +857,7 @@ def main() -> None:
     ap.add_argument("--joplin", type=Path, default=None, help="xview2-joplin folder (only to crop missing PNGs)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/tscope-official-scratch"))
     ap.add_argument("--out", type=Path, default=HERE / "data")
-    ap.add_argument("--seg-scale", type=float, default=0.8, help="strength of the [SEG] lm_head bias")
+    ap.add_argument("--seg-scale", type=float, default=0.75, help="strength of the [SEG] lm_head bias")
     args = ap.parse_args()
 
     import warnings
