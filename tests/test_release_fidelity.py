@@ -198,3 +198,23 @@ def test_model_info_names_the_release_stop_ids(tmp_path):
     added = [{"id": 151677, "content": "<REGION>"}, {"id": 151682, "content": "<|end|>"}]
     (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": added, "model": {"vocab": {}}}))
     assert stop_tokens(tmp_path) == {"single": {"151682": "<|end|>"}, "pair": {"151682": "<|end|>", "151684": None}}
+
+
+def test_sam2_pixels_are_computed_in_the_model_dtype_as_the_release_does(tiny):
+    model, _ = tiny
+    image = _image(50, 70, 3)
+    fp32 = model.sam_pixels(image)
+    bf16 = model.sam_pixels(image, torch.bfloat16)
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    # The release: uint8 -> bf16, / 255, -= mean, /= std, every step rounded to bf16 -- not the fp32
+    # result rounded once at the end.
+    once = fp32.to(torch.bfloat16)
+    assert not torch.equal(bf16, once)
+    assert (bf16.float() - fp32).abs().max() < 0.05
+    # fp32: the constants are bf16-rounded (the release builds them in bf16 even then).
+    mean = torch.tensor((0.485, 0.456, 0.406)).to(torch.bfloat16).float()[:, None, None]
+    std = torch.tensor((0.229, 0.224, 0.225)).to(torch.bfloat16).float()[:, None, None]
+    from PIL import Image
+
+    resized = np.asarray(Image.fromarray(image).resize((128, 128), Image.BICUBIC)).astype(np.float32) / 255.0
+    assert torch.equal(fp32[0], (torch.from_numpy(resized).permute(2, 0, 1) - mean) / std)

@@ -115,26 +115,27 @@ class TerraScopeModel(nn.Module):
 
     # --- grounding ---------------------------------------------------------------------------
 
-    def sam_pixels(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> (1, 3, S, S): square resize to ``sam_image_size``, /255, ImageNet mean/std.
-
-        The release builds mean/std in bf16 even for fp32 runs; ``sam_norm_bf16`` reproduces that.
-        """
+    def sam_pixels(self, image: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 (H, W, 3) -> (1, 3, S, S) in ``dtype``: PIL bicubic square resize to ``sam_image_size``,
+        /255, ImageNet mean/std -- as the release computes it: each step in ``dtype`` (bf16 arithmetic for
+        a bf16 model), with mean/std built in bf16 even for fp32 runs (``sam_norm_bf16``)."""
         from PIL import Image
 
         side = self.config.sam_image_size
-        resized = np.asarray(Image.fromarray(image).resize((side, side), Image.BICUBIC), dtype=np.float32) / 255.0
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.bfloat16 if self.config.sam_norm_bf16 else torch.float32)
-        std = torch.tensor(IMAGENET_STD, dtype=torch.bfloat16 if self.config.sam_norm_bf16 else torch.float32)
-        pixels = torch.from_numpy(resized).permute(2, 0, 1)
-        pixels = (pixels - mean.float()[:, None, None]) / std.float()[:, None, None]
+        resized = np.asarray(Image.fromarray(image).resize((side, side), Image.BICUBIC))
+        constants = torch.bfloat16 if self.config.sam_norm_bf16 else torch.float32
+        mean = torch.tensor(IMAGENET_MEAN, dtype=constants)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, dtype=constants)[:, None, None]
+        pixels = torch.from_numpy(resized.copy()).permute(2, 0, 1).to(dtype) / 255.0
+        pixels -= mean  # in place, as the release does: the result keeps ``dtype``
+        pixels /= std
         return pixels[None]
 
     @torch.no_grad()
     def sam_encode(self, images: list[np.ndarray]) -> list[SamImage]:
         """Encode images (uint8 (H, W, 3) each) with SAM-2's image encoder, batched. Once per image."""
         sam_dtype = self.sam2.mask_decoder.iou_token.weight.dtype
-        pixels = torch.cat([self.sam_pixels(im) for im in images]).to(self.device, sam_dtype)
+        pixels = torch.cat([self.sam_pixels(im, sam_dtype) for im in images]).to(self.device)
         feats = self.sam2.get_image_embeddings(pixels)
         positional = self.sam2.get_image_wide_positional_embeddings()
         self.sam_encodes += len(images)
