@@ -136,7 +136,8 @@ class TerraScopeModel(nn.Module):
         """Encode images (uint8 (H, W, 3) each) with SAM-2's image encoder, batched. Once per image."""
         sam_dtype = self.sam2.mask_decoder.iou_token.weight.dtype
         pixels = torch.cat([self.sam_pixels(im, sam_dtype) for im in images]).to(self.device)
-        feats = self.sam2.get_image_embeddings(pixels)
+        with self.sam_autocast():
+            feats = self.sam2.get_image_embeddings(pixels)
         positional = self.sam2.get_image_wide_positional_embeddings()
         self.sam_encodes += len(images)
         return [
@@ -155,18 +156,24 @@ class TerraScopeModel(nn.Module):
         n = prompt.shape[0]
         points = torch.zeros(1, n, 1, 2, device=self.device, dtype=sam_dtype)
         labels = -torch.ones(1, n, 1, device=self.device, dtype=torch.int32)
-        sparse, dense = self.sam2.prompt_encoder(input_points=points, input_labels=labels, input_boxes=None,
-                                                 input_masks=None)
-        sparse = torch.cat([sparse, prompt[None, :, None, :]], dim=2)  # (1, N, 2, D)
-        masks, iou, _, _ = self.sam2.mask_decoder(
-            image_embeddings=image.embeddings[-1],
-            image_positional_embeddings=image.positional,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-            high_resolution_features=image.embeddings[:-1],
-        )
+        with self.sam_autocast():
+            sparse, dense = self.sam2.prompt_encoder(input_points=points, input_labels=labels, input_boxes=None,
+                                                     input_masks=None)
+            sparse = torch.cat([sparse, prompt[None, :, None, :].to(sparse.dtype)], dim=2)  # (1, N, 2, D)
+            masks, iou, _, _ = self.sam2.mask_decoder(
+                image_embeddings=image.embeddings[-1],
+                image_positional_embeddings=image.positional,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+                high_resolution_features=image.embeddings[:-1],
+            )
         return masks[0], iou[0]
+
+    def sam_autocast(self):
+        """The release runs SAM-2 (encoder and decoder) under bf16 autocast on CUDA, whatever the model's
+        dtype; on CPU its autocast is disabled and so is this one."""
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def decode_masks(self, image: SamImage, seg_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[SEG] hidden states (N, H) -> the candidate with the best predicted IoU: logits (N, h4, w4), IoUs (N,)."""
