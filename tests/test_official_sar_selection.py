@@ -86,3 +86,34 @@ def test_fuse_region_reproduces_the_official_training_selection(ref, query, name
     fused, pick = fuse_region(vit[:offset], vit[offset:], query, ref[f"{name}_rgb_indices"])
     np.testing.assert_array_equal(pick, ref[f"{name}_choice"])
     np.testing.assert_allclose(fused.numpy(), ref["region_embeds"][_region_slice(name)], rtol=0, atol=1e-6)
+
+
+def test_teacher_forced_sequence_is_the_release_sar_training_sequence(ref):
+    """tscope's training sequence for the same optical+SAR sample is the official one, id for id: the
+    system text (with the release's indentation before the image blocks), one 448 tile per image, the
+    answer, and the region tokens after each [SEG]."""
+    from PIL import Image
+
+    from tscope.train.dataset import Sample
+    from tscope.train.forward import plan_sequence
+
+    loaded = load_terrascope(REFERENCE / "checkpoint", dtype="fp32", device="cpu")
+    optical = np.asarray(Image.open(REFERENCE / DOC["optical_image"]).convert("RGB"))
+    vh, vv = (np.asarray(Image.open(REFERENCE / DOC["sar_images"][p]).convert("L")) for p in ("vh", "vv"))
+    sar = np.stack([vh, vv, ((vh.astype(np.float32) + vv.astype(np.float32)) / 2).astype(np.uint8)], axis=-1)
+    question = DOC["question"].removeprefix("<image>\n")
+    sample = Sample("sar", [optical], question, DOC["answer"], [_mask(ref, name) for name in OBJECTS],
+                    [0] * len(OBJECTS), sar=sar)
+    plan = plan_sequence(loaded.model, loaded.tokenizer, sample)
+    seg, region = DOC["special_token_ids"]["[SEG]"], DOC["special_token_ids"]["<REGION>"]
+    ids = plan.prompt_ids[0].tolist()
+    regions = iter(plan.region_index)
+    for token in plan.answer_ids:
+        ids.append(token)
+        if token == seg:
+            ids.extend([region] * len(next(regions)))
+    official = ref["input_ids"].tolist()
+    # xtuner appends the template's separator ("\n") after <|im_end|> with an ignored label; nothing
+    # attends to the last token of a causal sequence, so tscope leaves it out.
+    assert official[-1] == loaded.tokenizer.encode("\n")[0]
+    assert ids == official[:-1]

@@ -106,13 +106,20 @@ class Tokens:
         return {self.eos} | {i for i in release if i < vocab_size}
 
 
-def build_prompt(tokenizer, names, text: str, layouts: list[TileLayout]) -> torch.Tensor:
-    """Prompt ids (1, L): ``text`` with its ``<image>`` replaced by the image blocks, in the chat template."""
+# The release's optical+SAR training data (SAR_RGB_Dataset) puts its system text, a triple-quoted string
+# ending in a newline and 8 spaces of source indentation, right before the image blocks: the released
+# weights saw optical+SAR prompts only in that form.
+SAR_IMAGE_PREFIX = " " * 8
+
+
+def build_prompt(tokenizer, names, text: str, layouts: list[TileLayout], image_prefix: str = "") -> torch.Tensor:
+    """Prompt ids (1, L): ``text`` with its ``<image>`` replaced by ``image_prefix`` and the image blocks,
+    in the chat template (``image_prefix``: :data:`SAR_IMAGE_PREFIX` for optical + SAR)."""
     if IMAGE not in text:
         raise ValueError(f"the prompt text has no {IMAGE} placeholder")
     blocks = "\n".join(f"{names.image_start}{names.image_context * layout.tokens}{names.image_end}"
                        for layout in layouts)
-    body = text.replace(IMAGE, blocks)
+    body = text.replace(IMAGE, image_prefix + blocks)
     full = f"{names.im_start}user\n{body}{names.im_end}\n{names.im_start}assistant\n"
     return torch.tensor([tokenizer.encode(full)])
 
@@ -229,7 +236,8 @@ def generate(model: TerraScopeModel, tokenizer, images: list[np.ndarray], text: 
     pictures = list(images) + ([sar] if sar is not None else [])
     prepared = prepared or prepare_images(model, pictures)
     optical, sar_image = (prepared[:-1], prepared[-1]) if sar is not None else (prepared, None)
-    ids = build_prompt(tokenizer, cfg.tokens, text, [p.layout for p in prepared])
+    ids = build_prompt(tokenizer, cfg.tokens, text, [p.layout for p in prepared],
+                       SAR_IMAGE_PREFIX if sar is not None else "")
     embeds = prompt_embeddings(model, ids, tokens, prepared)
     out = Generation(text="", token_ids=[], prompt_ids=ids)
     query = embeds[0, text_positions(ids, tokens)]

@@ -66,7 +66,7 @@ class SequencePlan:
 def plan_sequence(model, tokenizer, sample: Sample, max_length: int | None = None) -> SequencePlan:
     """Tokenise and tile ``sample`` (no model forward); raises :class:`TooLong` beyond ``max_length``."""
     from tscope.model.images import model_tiles
-    from tscope.model.interleave import Tokens, build_prompt
+    from tscope.model.interleave import SAR_IMAGE_PREFIX, Tokens, build_prompt
     from tscope.model.prompt import user_text
     from tscope.model.regions import select_region_tokens
 
@@ -75,7 +75,8 @@ def plan_sequence(model, tokenizer, sample: Sample, max_length: int | None = Non
     pictures = list(sample.images) + ([sample.sar] if sample.sar is not None else [])
     tiled = model_tiles(pictures, cfg.image_size, cfg.tokens_per_side, cfg.max_tiles, cfg.use_thumbnail)
     layouts = [layout for _, layout in tiled]
-    prompt_ids = build_prompt(tokenizer, cfg.tokens, user_text(sample.question, cfg.system_prompt), layouts)
+    prompt_ids = build_prompt(tokenizer, cfg.tokens, user_text(sample.question, cfg.system_prompt), layouts,
+                              SAR_IMAGE_PREFIX if sample.sar is not None else "")
     answer_ids = tokenizer.encode(sample.answer + cfg.tokens.im_end, add_special_tokens=False)
     n_seg = answer_ids.count(tokens.seg)
     if n_seg != len(sample.masks):
