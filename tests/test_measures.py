@@ -108,9 +108,36 @@ def test_adjacency_and_shared_boundary():
     data_b[2:6, 5:9] = True  # touches A along 4 pixel edges
     r = measures.adjacency(mask(UTM, data_a), mask(UTM, data_b, "b"))
     assert r.borders
-    assert r.shared_boundary_m == pytest.approx(40, rel=1e-3)
+    assert r.shared_boundary_m == pytest.approx(40 / K0, rel=0.05)
     diagonal_only = measures.adjacency(mask(UTM, [(0, 0)]), mask(UTM, [(1, 1)], "b"))
     assert not diagonal_only.borders
+
+
+# A 600 x 600 grid of 10 m pixels on UTM 33N's central meridian: ground metres are map metres / k0.
+BIG = Grid(CRS.from_epsg(32633), Affine(10, 0, 500000, 0, -10, 5_000_000), 600, 600)
+
+
+@pytest.mark.parametrize("degrees", [0, 30, 45, 60, 90])
+def test_shared_boundary_of_a_straight_edge_is_its_ground_length(degrees):
+    # Two halves of a disc of radius 250 px split by a line through its centre: the shared boundary is
+    # the diameter, 5 km on the map, whatever the angle. Counting pixel edges measured +41 % at 45°.
+    yy, xx = np.mgrid[:600, :600] + 0.5
+    theta = math.radians(degrees)
+    side = (xx - 300) * math.sin(theta) - (yy - 300) * math.cos(theta)
+    disc = (xx - 300) ** 2 + (yy - 300) ** 2 < 250**2
+    r = measures.adjacency(mask(BIG, disc & (side > 0)), mask(BIG, disc & (side <= 0), "b"))
+    assert r.borders
+    assert abs(r.shared_boundary_m / (5000 / K0) - 1) < 0.05
+
+
+@pytest.mark.parametrize("radius", [200, 30])
+def test_shared_boundary_of_a_circle_is_its_circumference(radius):
+    # A lake (disc) in a ring of forest: the shared boundary is the circle, 2πr (pixel edges: +27 %).
+    yy, xx = np.mgrid[:600, :600] + 0.5
+    d2 = (xx - 300) ** 2 + (yy - 300) ** 2
+    lake, shore = d2 < radius**2, (d2 >= radius**2) & (d2 < (radius + 20) ** 2)
+    r = measures.adjacency(mask(BIG, lake), mask(BIG, shore, "b"))
+    assert abs(r.shared_boundary_m / (2 * math.pi * radius * 10 / K0) - 1) < 0.05
 
 
 def test_count_with_minimum_size():
@@ -118,9 +145,9 @@ def test_count_with_minimum_size():
     data[0:2, 0:2] = True  # 4 px region
     data[5, 5] = True  # 1 px region
     data[7:10, 10:13] = True  # 9 px region
-    data[0, 19] = data[1, 18] = True  # diagonal neighbours: one 8-connected 2 px region
+    data[0, 19] = data[1, 18] = True  # diagonal neighbours: two 4-connected 1 px regions, as traced in GeoJSON
     m = mask(UTM, data)
-    assert measures.count(m, min_area=0).count == 4
+    assert measures.count(m, min_area=0).count == 5
     assert measures.count(m, min_area=350).count == 2  # 4 px (400 m²) and 9 px
     default = measures.count(m)  # default: at least 4 pixels
     assert default.count == 2

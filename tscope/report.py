@@ -6,6 +6,7 @@ and ``OUT/answer.json``. ``answer.json`` is written last, so its presence marks 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -13,15 +14,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from tscope.errors import InputError
 from tscope.geo import writers
+from tscope.geo.polygons import MAX_FEATURES, MAX_VERTICES, PRECISION_DEG, Polygons
+from tscope.geo.preview import Preview, scene_preview
 from tscope.geo.scene import Scene
 from tscope.reason.trace import Trace
 
-QUICKLOOK_SIDE = 1024
-COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240)]
+# One colour per class, the same in every frame: saturated hues that natural scenes do not have
+# (magenta, yellow, cyan, orange...), so a mask stays visible on grass, water or bare soil.
+CLASS_COLOURS = [(255, 0, 255), (255, 230, 0), (0, 230, 255), (255, 120, 0), (160, 60, 255), (255, 0, 80)]
+NODATA_COLOUR = (40, 40, 40)
+EXCLUDED_COLOUR = (150, 150, 150)
+MIN_SIDE = 512
+FONT_SIZE = 14
 
 
 def default_out_dir(scene_path: str | Path, question: str) -> Path:
@@ -66,30 +75,117 @@ def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def quicklook(scene: Scene, trace: Trace, frame: str) -> Image.Image:
-    """The scene (true colour where it can) with the frame's masks overlaid, at most 1024 px a side."""
-    if all(scene.has(b) for b in ("red", "green", "blue")):
-        bands = scene.read_overview(["red", "green", "blue"], QUICKLOOK_SIDE)
-        rgb = np.stack([stretch(b) for b in bands], axis=-1)
+def class_colours(trace: Trace) -> dict[str, tuple[int, int, int]]:
+    """Colour of each class of the trace, in the order the classes first appear (frames share them)."""
+    labels = list(dict.fromkeys(mask.label for mask in trace.masks.values()))
+    return {label: CLASS_COLOURS[i % len(CLASS_COLOURS)] for i, label in enumerate(labels)}
+
+
+def _background(preview: Preview) -> np.ndarray:
+    """The preview as uint8 RGB: true colour (or grey, SAR in dB), stretched over valid cells only."""
+    valid = preview.valid
+    if len(preview.names) == 3:
+        rgb = np.stack([stretch(preview.band(name), valid) for name in preview.names], axis=-1)
     else:
-        name = "vv" if scene.has("vv") else scene.bands[0]
-        band = scene.read_overview([name], QUICKLOOK_SIDE)[0]
-        if name in ("vv", "vh", "hh", "hv"):
+        band = preview.band(preview.names[0])
+        if preview.names[0] in ("vv", "vh", "hh", "hv"):
             with np.errstate(divide="ignore", invalid="ignore"):
                 band = 10 * np.log10(band)
-        grey = stretch(band)
-        rgb = np.stack([grey] * 3, axis=-1)
-    out = rgb.astype(np.float32)
-    h, w = rgb.shape[:2]
-    for i, (_, mask) in enumerate(trace.masks.items()):
-        if mask.frame != frame:
-            continue
-        rows = (np.arange(h) * mask.grid.height / h).astype(int)
-        cols = (np.arange(w) * mask.grid.width / w).astype(int)
-        small = mask.counted[np.ix_(rows, cols)]
-        colour = np.array(COLOURS[i % len(COLOURS)], np.float32)
-        out[small] = 0.45 * colour + 0.55 * out[small]
-    return Image.fromarray(out.astype(np.uint8))
+        rgb = np.repeat(stretch(band, valid)[..., None], 3, axis=-1)
+    rgb[~valid] = NODATA_COLOUR
+    return rgb
+
+
+def _nice_length(metres: float) -> float:
+    """The largest 1, 2 or 5 x 10^n metres not above ``metres``."""
+    power = 10 ** math.floor(math.log10(metres))
+    return max(m * power for m in (1, 2, 5) if m * power <= metres)
+
+
+def _footer(width: int, entries: list[tuple[str, tuple[int, int, int]]], metres_per_px: float,
+            title: str) -> Image.Image:
+    """A white strip under the map: the legend (swatch + name per entry) and a scale bar."""
+    font = ImageFont.load_default(size=FONT_SIZE)
+    line = FONT_SIZE + 8
+    bar_m = _nice_length(metres_per_px * width / 4)
+    bar_px = round(bar_m / metres_per_px)
+    bar_label = f"{bar_m / 1000:g} km" if bar_m >= 1000 else f"{bar_m:g} m"
+    # Lay the legend out in rows left of the scale bar.
+    rows: list[list[tuple[str, tuple[int, int, int]]]] = [[]]
+    x, room = 8, width - bar_px - 24
+    for text, colour in [(title, None), *entries]:
+        need = (0 if colour is None else 18) + int(font.getlength(text)) + 16
+        if rows[-1] and x + need > room:
+            rows.append([])
+            x = 8
+        rows[-1].append((text, colour))
+        x += need
+    # The scale bar takes two lines (bar, then its label), the legend as many as it needs.
+    footer = Image.new("RGB", (width, line * max(2, len(rows)) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(footer)
+    for r, row in enumerate(rows):
+        x, y = 8, 4 + r * line
+        for text, colour in row:
+            if colour is not None:
+                draw.rectangle([x, y + 2, x + 12, y + 14], fill=colour, outline=(0, 0, 0))
+                x += 18
+            draw.text((x, y), text, fill=(0, 0, 0), font=font)
+            x += int(font.getlength(text)) + 16
+    x1, y = width - 8, 4 + line // 2
+    draw.rectangle([x1 - bar_px, y - 2, x1, y + 2], fill=(0, 0, 0))
+    draw.line([x1 - bar_px, y - 6, x1 - bar_px, y + 6], fill=(0, 0, 0), width=2)
+    draw.line([x1, y - 6, x1, y + 6], fill=(0, 0, 0), width=2)
+    draw.text((x1 - bar_px // 2 - font.getlength(bar_label) / 2, y + 6), bar_label, fill=(0, 0, 0), font=font)
+    return footer
+
+
+def quicklook(scene: Scene, trace: Trace, frame: str) -> Image.Image:
+    """The frame's scene with its masks: filled and outlined in their class colours, cells that do not
+    count hatched, small scenes enlarged (nearest) to at least ``MIN_SIDE`` px, legend and scale bar
+    under the map. The picture comes from the preview the masks' pass made (a pass of its own only
+    for backends that make none)."""
+    preview = trace.previews.get(frame) or scene_preview(scene)
+    rgb = _background(preview).astype(np.float32)
+    h, w = preview.shape
+    # Each preview cell shows the masks at its centre pixel.
+    rows = np.minimum(np.arange(h) * preview.factor + preview.factor // 2, scene.grid.height - 1)
+    cols = np.minimum(np.arange(w) * preview.factor + preview.factor // 2, scene.grid.width - 1)
+    zoom = max(1, math.ceil(MIN_SIDE / max(h, w)))
+
+    def enlarge(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a, zoom, axis=0), zoom, axis=1)
+
+    rgb = enlarge(rgb)
+    colours = class_colours(trace)
+    masks = [m for m in trace.masks.values() if m.frame == frame]
+    excluded = np.zeros(rgb.shape[:2], bool)
+    outlines = []
+    for mask in masks:
+        small = enlarge(mask.counted[np.ix_(rows, cols)])
+        excluded |= enlarge(preview.valid & ~mask.valid[np.ix_(rows, cols)])
+        colour = np.array(colours[mask.label], np.float32)
+        rgb[small] = 0.3 * colour + 0.7 * rgb[small]
+        edge = small & ~ndimage.binary_erosion(small, iterations=2 if zoom > 1 or max(h, w) >= MIN_SIDE else 1,
+                                               border_value=1)
+        outlines.append((edge, colour))
+    # Cloud (valid data that does not count): diagonal hatching, so the scene stays visible under it.
+    yy, xx = np.indices(excluded.shape)
+    rgb[excluded & ((yy + xx) % 8 < 2)] = EXCLUDED_COLOUR
+    for edge, colour in outlines:
+        rgb[edge] = colour
+    image = Image.fromarray(rgb.round().astype(np.uint8))
+    entries = [(mask.label.replace("_", " "), colours[mask.label]) for mask in masks]
+    if excluded.any():
+        entries.append(("not counted (cloud)", EXCLUDED_COLOUR))
+    if not preview.valid.all():
+        entries.append(("nodata", NODATA_COLOUR))
+    metres_per_px = scene.grid.pixel_size_m()[0] * preview.factor / zoom
+    title = frame if len(trace.previews) > 1 or frame != "t1" else "legend:"
+    footer = _footer(image.width, entries, metres_per_px, title)
+    out = Image.new("RGB", (image.width, image.height + footer.height), (255, 255, 255))
+    out.paste(image, (0, 0))
+    out.paste(footer, (0, image.height))
+    return out
 
 
 def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, tuple]]) -> str:
@@ -113,7 +209,8 @@ def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, 
         lines.append(f"{i}. {step.text}{link}")
     lines += ["", "## Numbers", "", "| name | value | unit |", "|---|---|---|"]
     for key, number in trace.numbers.items():
-        value = f"{number.value:,.4f}" if isinstance(number.value, float) else str(number.value)
+        value = f"{number.value:,.4f}" if isinstance(number.value, float) else \
+            "null (see notes)" if number.value is None else str(number.value)
         lines.append(f"| {key} | {value} | {number.unit} |")
     if trace.tiles:
         lines += ["", "## Tiles", "", "| tile | window | answer |", "|---|---|---|"]
@@ -133,6 +230,24 @@ def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, 
     return "\n".join(lines)
 
 
+def _vector_notes(written: dict[str, Polygons]) -> list[str]:
+    """What masks.geojson simplifies, per step, so nobody mistakes it for the full-resolution masks."""
+    notes = [f"masks.geojson: coordinates rounded to {PRECISION_DEG:g}° (about 1 cm); each feature's area_m2 is"
+             " the geodesic area of its ring as written; regions are 4-connected, as counted"]
+    for step, polygons in written.items():
+        if polygons.factor > 1:
+            notes.append(f"masks.geojson: {step} traced on {polygons.factor}x{polygons.factor}-pixel majority cells"
+                         f" to stay under {MAX_VERTICES:,} vertices; the GeoTIFF mask and every number are full"
+                         " resolution")
+        if polygons.dropped:
+            notes.append(f"masks.geojson: {step} keeps its {MAX_FEATURES:,} largest regions; {polygons.dropped:,}"
+                         f" smaller ones ({100 * polygons.dropped_fraction:.1f}% of its area) are only in the GeoTIFF")
+        if polygons.cut:
+            notes.append(f"masks.geojson: {step}: {polygons.cut} polygon(s) cut at the antimeridian or closed round"
+                         " a pole (RFC 7946 §3.1.9)")
+    return notes
+
+
 def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str, str]:
     """Write all outputs of ``trace`` into ``out`` (prepared by :func:`prepare_out_dir`).
 
@@ -143,25 +258,21 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     (out / "masks").mkdir(parents=True, exist_ok=True)
     legend = []
     layers = []
+    colours = class_colours(trace)
     # COG encoding runs in GDAL without the GIL: write the rasters (one at a time, to bound memory)
     # while Python builds the polygons.
     with ThreadPoolExecutor(max_workers=1) as pool:
         cogs = []
-        for i, (mask_id, mask) in enumerate(trace.masks.items()):
+        for mask_id, mask in trace.masks.items():
             rel = f"masks/{mask_id}.tif"
             cogs.append(pool.submit(writers.write_mask_cog, out / rel, mask))
             trace.outputs[f"mask:{mask_id}"] = rel
-            legend.append((mask_id, rel, COLOURS[i % len(COLOURS)]))
+            legend.append((mask_id, rel, colours[mask.label]))
             layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
-        factors = writers.write_geojson_features(out / "masks.geojson", layers)
+        written = writers.write_geojson_features(out / "masks.geojson", layers)
         for future in cogs:
             future.result()
-    coarse = {k: f for k, f in factors.items() if f > 1}
-    if coarse:
-        trace.notes.append(
-            "masks.geojson: large masks vectorised on a coarser grid (majority of each cell) to stay bounded: "
-            + ", ".join(f"{k} {f}x{f} px" for k, f in coarse.items()) + "; the GeoTIFF masks are full resolution"
-        )
+    trace.notes.extend(_vector_notes(written))
     trace.outputs["geojson"] = "masks.geojson"
     quicklooks = []
     for scene in scenes:

@@ -261,7 +261,7 @@ def _boundary(gt: GroundTruth, rng: random.Random) -> list[Draft]:
     na, nb = display_name(a), display_name(b)
     steps = [templates.segment_step(na), templates.segment_step(nb)]
     if r.borders:
-        steps.append(f"The two masks share {r.shared_boundary_m:.0f} m of pixel edges, so the {na} borders the {nb}.")
+        steps.append(f"The masks share about {r.shared_boundary_m:.0f} m of boundary, so the {na} borders the {nb}.")
     else:
         d = measures.distance(gt.masks[a], gt.masks[b])
         steps.append(f"The two masks share no pixel edge; the closest they come is {templates.fmt_m(d.metres)}.")

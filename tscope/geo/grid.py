@@ -147,11 +147,11 @@ class Grid:
         scale = self._areal_scale(window.col_off + window.width / 2, window.row_off + rows / 2)
         return np.full((1, 1), nominal / scale)
 
-    def pixel_size_m(self) -> tuple[float, float]:
-        """Approximate (x, y) size of a pixel on the ground at the grid centre, in metres."""
-        lon_c, lat_c = self.centre_lonlat()
+    def pixel_size_m(self, col: float | None = None, row: float | None = None) -> tuple[float, float]:
+        """Approximate (x, y) size on the ground, in metres, of the pixel at (col, row) (default: the centre)."""
         t = self.transform
-        c, r = self.width / 2, self.height / 2
+        c = self.width / 2 if col is None else col
+        r = self.height / 2 if row is None else row
         pts = [t @ (c, r), t @ (c + 1, r), t @ (c, r + 1)]
         lonlat = [self.to_lonlat.transform(x, y) for x, y in pts]
         dx = self.geod.line_length([lonlat[0][0], lonlat[1][0]], [lonlat[0][1], lonlat[1][1]])

@@ -22,6 +22,7 @@ from tscope.geo.mask import Mask
 
 COMPASS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
 DEFAULT_MIN_PIXELS = 4
+CONNECTIVITY = ndimage.generate_binary_structure(2, 1)  # 4-connected, as masks.geojson is traced
 
 
 def _same_grid(*masks: Mask) -> Grid:
@@ -101,16 +102,64 @@ class Adjacency(Result):
     shared_boundary_m: float
 
 
+# Crofton's formula (the length of a curve is the measure of the lines that cross it, weighted by
+# how often they do) discretised on the pixel lattice, as in Lehmann & Legland (2012), "Efficient
+# N-dimensional surface estimation using Crofton formula and run-length encoding", Insight Journal:
+# the lines are the rows, columns and both diagonals through pixel centres, and a line crosses the
+# shared boundary wherever a pixel of one class is followed by one of the other along it. Counting
+# pixel edges instead measures the staircase (+41 % on a 45° edge). With four directions the raw
+# estimate of a straight edge at angle φ is (π/8) Σ|sin(φ - θ)| of its length, 0.948 at 0° and 45° to
+# 1.026 at 22.5°; CROFTON_SCALE centres that range, so straight edges at any angle are within ±4 %
+# and a circle (the mean over angles) +1.3 %.
+CROFTON_STEPS = ((0, 1), (1, 0), (1, 1), (1, -1))
+CROFTON_SCALE = 2 / (math.pi / 8 * (1 + math.sqrt(2)) + math.pi / 4 * (math.sin(math.pi / 8) + math.cos(math.pi / 8)))
+STRIP = 1024
+
+
+def _crossings(pa: np.ndarray, pb: np.ndarray, dr: int, dc: int, r0: int, r1: int) -> int:
+    """Pixels of rows ``r0:r1`` in one class whose neighbour ``(dr, dc)`` away is in the other."""
+    h, w = pa.shape
+    r1 = min(r1, h - dr)
+    if r1 <= r0:
+        return 0
+    first, second = slice(max(0, -dc), w - max(0, dc)), slice(max(0, dc), w - max(0, -dc))
+    ab = np.count_nonzero(pa[r0:r1, first] & pb[r0 + dr : r1 + dr, second])
+    ba = np.count_nonzero(pb[r0:r1, first] & pa[r0 + dr : r1 + dr, second])
+    return int(ab + ba)
+
+
+def _crofton_weights(px: float, py: float) -> list[tuple[float, float]]:
+    """(angular weight, line spacing in m) of each of CROFTON_STEPS for pixels ``px`` x ``py`` m."""
+    angles = [math.atan2(dr * py, dc * px) % math.pi for dr, dc in CROFTON_STEPS]
+    order = sorted(range(len(angles)), key=angles.__getitem__)
+    weights = [0.0] * len(angles)
+    for k, i in enumerate(order):
+        # Each direction stands for the arc of directions closer to it than to its neighbours.
+        before = angles[order[k - 1]] - (math.pi if k == 0 else 0)
+        after = angles[order[(k + 1) % len(order)]] + (math.pi if k == len(order) - 1 else 0)
+        weights[i] = (after - before) / 2
+    return [(weights[i], px * py / math.hypot(dc * px, dr * py)) for i, (dr, dc) in enumerate(CROFTON_STEPS)]
+
+
 def adjacency(a: Mask, b: Mask) -> Adjacency:
-    """Whether the classes share a pixel edge (4-connectivity), and the length of that boundary."""
+    """Whether the classes share a pixel edge, and the ground length of their shared boundary (m).
+
+    The length is the Crofton estimate above, strip by strip with the pixel size on the ground at
+    each strip (it varies with latitude on geographic and Web Mercator grids).
+    """
     grid = _same_grid(a, b)
     pa, pb = a.counted, b.counted
-    px, py = grid.pixel_size_m()
-    # Horizontal neighbours share a vertical edge (length py); vertical neighbours a horizontal one.
-    vertical_edges = sum(np.count_nonzero(np.logical_and(*_facing(pa, pb, 0, dc))) for dc in (-1, 1))
-    horizontal_edges = sum(np.count_nonzero(np.logical_and(*_facing(pa, pb, dr, 0))) for dr in (-1, 1))
-    length = vertical_edges * py + horizontal_edges * px
-    return Adjacency(borders=bool(vertical_edges or horizontal_edges), shared_boundary_m=float(length))
+    borders = False
+    length = 0.0
+    for r0 in range(0, grid.height, STRIP):
+        r1 = min(grid.height, r0 + STRIP)
+        counts = [_crossings(pa, pb, dr, dc, r0, r1) for dr, dc in CROFTON_STEPS]
+        if not any(counts):
+            continue
+        borders = borders or bool(counts[0] or counts[1])
+        px, py = grid.pixel_size_m(grid.width / 2, (r0 + r1) / 2)
+        length += 0.5 * sum(w * n * s for (w, s), n in zip(_crofton_weights(px, py), counts, strict=True))
+    return Adjacency(borders=borders, shared_boundary_m=float(length * CROFTON_SCALE) if borders else 0.0)
 
 
 @dataclass
@@ -210,9 +259,13 @@ class Count(Result):
 
 
 def _regions(mask: Mask) -> tuple[np.ndarray, int, np.ndarray]:
-    """8-connected regions: (labels, n, area of each label in m², index 0 = background)."""
+    """4-connected regions: (labels, n, area of each label in m², index 0 = background).
+
+    4-connectivity, the one ``masks.geojson`` is traced with (8-connected pixel shapes give rings
+    that touch themselves), so each counted region is one polygon a GIS can check.
+    """
     grid = mask.grid
-    labels, n = ndimage.label(mask.counted, structure=np.ones((3, 3), dtype=bool), output=np.int32)
+    labels, n = ndimage.label(mask.counted, structure=CONNECTIVITY, output=np.int32)
     areas = np.zeros(n + 1, dtype=np.float64)
     for window in grid.windows():
         rows = slice(int(window.row_off), int(window.row_off + window.height))
@@ -230,7 +283,7 @@ def default_min_area(grid: Grid) -> float:
 
 
 def count(mask: Mask, min_area: float | None = None) -> Count:
-    """Connected regions (8-connectivity) of the class with at least ``min_area`` m²."""
+    """Connected regions (4-connectivity) of the class with at least ``min_area`` m²."""
     min_area = default_min_area(mask.grid) if min_area is None else min_area
     _, n, areas = _regions(mask)
     kept = sorted((float(a) for a in areas[1:] if a >= min_area * (1 - 1e-9)), reverse=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
+
 from tscope.geo.mask import Mask
 from tscope.reason import measures
 from tscope.reason.query import AREA_UNITS, LENGTH_UNITS, Query
@@ -39,8 +41,30 @@ def _name(query: Query, cls: str) -> str:
     return query.label(cls)
 
 
+def common_validity(masks: list[Mask]) -> None:
+    """Give every mask of a before/after pair the pixels valid at both dates, in place.
+
+    Measures over a pair count only those pixels; narrowing the masks themselves means the COG
+    written for each date holds exactly what the answer counted.
+    """
+    frames = {m.frame for m in masks}
+    if len(frames) < 2:
+        return
+    both = np.logical_and.reduce([m.valid for m in masks])
+    for m in masks:
+        m.valid = both
+        np.logical_and(m.data, both, out=m.data)
+
+
+def undefined(trace: Trace, key: str, unit: str, why: str) -> None:
+    """A number the question asks for that does not exist: null in answer.json, and a note why."""
+    trace.numbers[key] = Number(None, unit)
+    trace.notes.append(f"{key} is null: {why}")
+
+
 def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> None:
     """Compute the query's measure from ``masks[(class, frame)]``; add numbers, a step, the answer."""
+    common_validity(list(masks.values()))
     task, classes = query.task, query.classes
     a = masks[(classes[0], "t1")]
     label_a = _name(query, classes[0])
@@ -61,11 +85,16 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
     elif task == "compare":
         b = masks[(classes[1], "t1")]
         r = measures.compare(a, b)
-        label_b = _name(query, classes[1])
         n["area_a_m2"] = Number(round(r.area_a_m2, 3), "m2")
         n["area_b_m2"] = Number(round(r.area_b_m2, 3), "m2")
         n["larger"] = Number(r.larger)
-        n["ratio"] = Number(round(r.ratio, 4) if math.isfinite(r.ratio) else "inf")
+        label_b = _name(query, classes[1])
+        if math.isfinite(r.ratio):
+            n["ratio"] = Number(round(r.ratio, 4))
+        else:
+            missing = label_b if r.area_a_m2 else label_a
+            undefined(trace, "ratio", "", f"there is no {missing}" if r.area_a_m2 or r.area_b_m2
+                      else f"there is neither {label_a} nor {label_b}")
         big, small = (label_a, label_b) if r.area_a_m2 >= r.area_b_m2 else (label_b, label_a)
         if r.larger == "tie" and r.area_a_m2 == 0:
             answer = f"Neither {label_a} nor {label_b} is present."
@@ -88,7 +117,11 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
             answer = f"Yes, {label_a} borders {label_b} along {fmt_length(r.shared_boundary_m)}."
         else:
             d = measures.distance(a, b)
-            n["distance_m"] = Number(round(d.metres, 3) if math.isfinite(d.metres) else "nan", "m")
+            if math.isfinite(d.metres):
+                n["distance_m"] = Number(round(d.metres, 3), "m")
+            else:
+                missing = label_a if not a.counted.any() else label_b
+                undefined(trace, "distance_m", "m", f"there is no {missing} in the image")
             gap = f" (the closest they come is {fmt_length(d.metres)})" if math.isfinite(d.metres) else ""
             answer = f"No, {label_a} does not border {label_b}{gap}."
     elif task == "distance":
@@ -97,7 +130,7 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
         label_b = _name(query, classes[1])
         if not math.isfinite(r.metres):
             missing = label_a if not a.counted.any() else label_b
-            n["distance_m"] = Number("nan", "m")
+            undefined(trace, "distance_m", "m", f"there is no {missing} in the image")
             answer = f"There is no {missing} in the image, so no distance can be measured."
         else:
             n["distance_m"] = Number(round(r.metres, 3), "m")
@@ -146,7 +179,10 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
         r = measures.change(a, b)
         for key in ("area_t1_m2", "area_t2_m2", "gain_m2", "loss_m2", "net_m2", "common_valid_m2"):
             n[key] = Number(round(getattr(r, key), 3), "m2")
-        n["percent_change"] = Number(round(r.percent, 4) if math.isfinite(r.percent) else "nan", "%")
+        if math.isfinite(r.percent):
+            n["percent_change"] = Number(round(r.percent, 4), "%")
+        else:
+            undefined(trace, "percent_change", "%", f"there is no {label_a} at t1 to take a percentage of")
         unit = query.unit
         pct = f" ({r.percent:+.1f}%)" if math.isfinite(r.percent) else ""
         answer = f"{label_a.capitalize()} went from {fmt_area(r.area_t1_m2, unit)} to" \

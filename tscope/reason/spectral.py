@@ -14,6 +14,7 @@ import numpy as np
 
 from tscope.errors import InputError
 from tscope.geo.mask import Mask
+from tscope.geo.preview import Preview, preview_bands
 from tscope.geo.scene import Scene
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
@@ -100,6 +101,9 @@ class SpectralBackend:
         active = list(rules.values()) + ([cloud_rule] if cloud_rule else [])
         needs = sorted({b for r in active for b in r.needs})
         thresholds = self._thresholds(scene, active, needs)
+        # The quicklook's bands come from this same pass: no second read of the scene.
+        preview = Preview(scene.grid, preview_bands(scene.bands))
+        needs = sorted(set(needs) | set(preview.names))
         shape = scene.grid.shape
         data = {cls: np.zeros(shape, dtype=bool) for cls in classes}
         valid_all = np.zeros(shape, dtype=bool)
@@ -110,6 +114,7 @@ class SpectralBackend:
             bands, valid = scene.read(needs, window)
             env = self._env(bands, active, thresholds)
             nodata = int(valid.size - np.count_nonzero(valid))
+            preview.add(window, bands, valid)
             cloudy = 0
             if cloud_rule is not None:
                 cloud = np.asarray(evaluate(cloud_rule.compiled, env), dtype=bool) & valid
@@ -138,6 +143,7 @@ class SpectralBackend:
             "cloud_percent": 100.0 * cloud_px / total,
             "cloud_rule": cloud_rule.source if cloud_rule else None,
             "thresholds": thresholds,
+            "preview": preview,
         }
         if not valid_all.any():
             what = "nodata or cloud" if cloud_px else "nodata"
@@ -165,6 +171,7 @@ class SpectralBackend:
                     progress(done * n + i, total_steps * n)
 
             frame_masks, stats = self.masks_for(scene, query.classes, sub_progress)
+            trace.previews[frame] = stats["preview"]
             suffix = f"_{frame}" if len(query.frames) > 1 else ""
             trace.numbers[f"nodata_percent{suffix}"] = Number(round(stats["nodata_percent"], 4), "%")
             trace.numbers[f"cloud_percent{suffix}"] = Number(round(stats["cloud_percent"], 4), "%")

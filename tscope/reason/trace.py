@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from tscope import __version__
 from tscope.geo.mask import Mask
+from tscope.geo.preview import Preview
 from tscope.reason.query import Query
 
 SEG = "[SEG]"
@@ -27,7 +28,9 @@ class Step:
 
 @dataclass
 class Number:
-    value: float | int | bool | str
+    """A number of the answer; ``None`` (JSON null) when it is undefined, with a note saying why."""
+
+    value: float | int | bool | str | None
     unit: str = ""
 
 
@@ -48,6 +51,8 @@ class Trace:
     # question, the option letter it chose; None with the spectral backend.
     model_answer: str | None = None
     choice: str | None = None
+    # Per frame, the scene averaged onto a small grid by the pass that made the masks (quicklooks).
+    previews: dict[str, Preview] = field(default_factory=dict)
 
     def add_mask(self, mask: Mask, text: str) -> str:
         """Record a ``[SEG]`` step producing ``mask``; returns the mask id (``01_forest``)."""
