@@ -20,7 +20,7 @@ from scipy import ndimage
 from tscope.errors import InputError
 from tscope.geo import writers
 from tscope.geo.polygons import MAX_FEATURES, MAX_VERTICES, PRECISION_DEG, Polygons
-from tscope.geo.preview import Preview, scene_preview
+from tscope.geo.preview import Preview, preview_bands, scene_preview
 from tscope.geo.scene import Scene
 from tscope.reason.trace import Trace
 
@@ -84,11 +84,12 @@ def class_colours(trace: Trace) -> dict[str, tuple[int, int, int]]:
 def _background(preview: Preview) -> np.ndarray:
     """The preview as uint8 RGB: true colour (or grey, SAR in dB), stretched over valid cells only."""
     valid = preview.valid
-    if len(preview.names) == 3:
-        rgb = np.stack([stretch(preview.band(name), valid) for name in preview.names], axis=-1)
+    names = preview_bands(preview.names)
+    if len(names) == 3:
+        rgb = np.stack([stretch(preview.band(name), valid) for name in names], axis=-1)
     else:
-        band = preview.band(preview.names[0])
-        if preview.names[0] in ("vv", "vh", "hh", "hv"):
+        band = preview.band(names[0])
+        if names[0] in ("vv", "vh", "hh", "hv"):
             with np.errstate(divide="ignore", invalid="ignore"):
                 band = 10 * np.log10(band)
         rgb = np.repeat(stretch(band, valid)[..., None], 3, axis=-1)

@@ -32,10 +32,10 @@ def preview_bands(bands: Sequence[str]) -> list[str]:
 class Preview:
     """``names`` of a scene on ``grid``, averaged over cells of ``factor`` x ``factor`` pixels."""
 
-    def __init__(self, grid: Grid, names: Sequence[str], max_side: int = PREVIEW_SIDE):
+    def __init__(self, grid: Grid, names: Sequence[str], max_side: int = PREVIEW_SIDE, factor: int | None = None):
         self.grid = grid
         self.names = list(names)
-        self.factor = max(1, math.ceil(max(grid.width, grid.height) / max_side))
+        self.factor = factor or max(1, math.ceil(max(grid.width, grid.height) / max_side))
         self.shape = (math.ceil(grid.height / self.factor), math.ceil(grid.width / self.factor))
         self._sums = np.zeros((len(self.names), *self.shape), np.float32)
         self._counts = np.zeros(self.shape, np.int32)
@@ -74,9 +74,11 @@ class Preview:
         return out
 
 
-def scene_preview(scene: Scene, names: Sequence[str] | None = None, block: int = 1024) -> Preview:
-    """A preview of ``scene`` from a pass of its own, for callers with no pass to share."""
-    preview = Preview(scene.grid, names or preview_bands(scene.bands))
+def scene_preview(scene: Scene, names: Sequence[str] | None = None, block: int = 1024,
+                  factor: int | None = None) -> Preview:
+    """A preview of ``scene`` (cells of ``factor`` pixels, default: at most PREVIEW_SIDE cells a side)
+    from a pass of its own, for callers with no pass to share."""
+    preview = Preview(scene.grid, names or preview_bands(scene.bands), factor=factor)
     for window in scene.grid.windows(block):
         bands, valid = scene.read(preview.names, window)
         preview.add(window, bands, valid)

@@ -195,16 +195,6 @@ class Scene:
             out += np.float32(offset)
         return out
 
-    def read_overview(self, names: Sequence[str], max_side: int = 1024) -> np.ndarray:
-        """A decimated (bands, rows, cols) float32 read for quicklooks: memory bounded by ``max_side``."""
-        factor = max(1, int(np.ceil(max(self.grid.width, self.grid.height) / max_side)))
-        shape = (max(1, self.grid.height // factor), max(1, self.grid.width // factor))
-        indexes = [self.band_map.indexes[n] for n in names]
-        with rasterio.open(self.path) as src:
-            with WarpedVRT(src, **self._warp_kwargs(Resampling.average)) as vrt:
-                raw = vrt.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.average)
-        return np.stack([self._to_physical(n, b) for n, b in zip(names, raw, strict=True)])
-
 
 def _grid_of(src: rasterio.DatasetReader, crs: CRS) -> Grid:
     return Grid(crs=crs, transform=src.transform, width=src.width, height=src.height)

@@ -21,6 +21,7 @@ import numpy as np
 
 from tscope.errors import InputError
 from tscope.geo.mask import Mask
+from tscope.geo.preview import Preview
 from tscope.geo.scene import Scene
 from tscope.model.prompt import answer_of, extract_letter
 from tscope.reason.backend import Progress
@@ -42,6 +43,7 @@ class SceneInputs:
     fusion: bool
     limits: dict[str, dict]
     sar_limits: dict | None
+    previews: dict[str, Preview]  # per frame, averaged over cells of the overview's decimation factor
 
 
 @dataclass
@@ -134,7 +136,8 @@ class TerraScopeBackend:
     # --- scene scale ---------------------------------------------------------------------------
 
     def _inputs(self, scenes: Sequence[Scene], query: Query) -> SceneInputs:
-        from tscope.model.tiling import RGB, scene_kind, stretch_limits
+        from tscope.geo.preview import scene_preview
+        from tscope.model.tiling import RGB, overview_factor, scene_kind, stretch_limits
 
         by_frame = {s.frame: s for s in scenes}
         frames = list(query.frames)
@@ -144,10 +147,17 @@ class TerraScopeBackend:
                                  " (or vv and vh) bands; map them with --bands or --sensor")
         first = by_frame[frames[0]]
         fusion = len(frames) == 1 and scene_kind(first) == "optical" and first.has("vv") and first.has("vh")
-        limits = {f: stretch_limits(by_frame[f], RGB if scene_kind(by_frame[f]) == "optical" else ("vh", "vv"))
-                  for f in frames}
-        sar_limits = stretch_limits(first, ("vh", "vv")) if fusion else None
-        return SceneInputs(by_frame, frames, first, fusion, limits, sar_limits)
+        # One preview pass per scene, on the grid the whole scene takes as one model input: it gives the
+        # tiles' stretch limits, that overview input and the quicklook; the scene is not read again for them.
+        cfg = self.model.config
+        factor = overview_factor(first.grid.width, first.grid.height, len(frames) + (1 if fusion else 0),
+                                 cfg.image_size, cfg.max_tiles)
+        shown = {f: list(RGB) if scene_kind(by_frame[f]) == "optical" else ["vh", "vv"] for f in frames}
+        previews = {f: scene_preview(by_frame[f], shown[f] + (["vh", "vv"] if fusion and f == frames[0] else []),
+                                     factor=factor) for f in frames}
+        limits = {f: stretch_limits(previews[f], shown[f]) for f in frames}
+        sar_limits = stretch_limits(previews[frames[0]], ("vh", "vv")) if fusion else None
+        return SceneInputs(by_frame, frames, first, fusion, limits, sar_limits, previews)
 
     def reason(self, scenes: Sequence[Scene], query: Query, progress: Progress | None = None) -> Trace:
         """Answer ``query``: measurable tasks from stitched tile masks and the measures; a free-form
@@ -159,6 +169,7 @@ class TerraScopeBackend:
 
         trace = Trace(question=query.question, query=query, backend=self.name, scenes=[s.describe() for s in scenes])
         inputs_of = self._inputs(scenes, query)
+        trace.previews = inputs_of.previews
         if query.task == FREE:
             return self.answer_free(inputs_of, query, trace, progress)
         by_frame, frames, first, fusion = inputs_of.by_frame, inputs_of.frames, inputs_of.first, inputs_of.fusion
@@ -245,7 +256,7 @@ class TerraScopeBackend:
             if factor == 1:
                 rgb, ok = read_rgb(scene, Window(0, 0, grid.width, grid.height), inputs.limits[frame])
             else:
-                rgb, ok = read_rgb_overview(scene, factor, inputs.limits[frame])
+                rgb, ok = read_rgb_overview(inputs.previews[frame], inputs.limits[frame])
             images.append(rgb)
             valid = ok if valid is None else valid & ok
         sar = None
@@ -254,7 +265,7 @@ class TerraScopeBackend:
                 bands, _ = inputs.first.read(["vh", "vv"], Window(0, 0, grid.width, grid.height))
                 sar = sar_to_rgb(bands["vh"], bands["vv"], inputs.sar_limits)
             else:
-                sar = read_rgb_overview(inputs.first, factor, inputs.sar_limits, sar=True)[0]
+                sar = read_rgb_overview(inputs.previews[inputs.frames[0]], inputs.sar_limits, sar=True)[0]
         return images, sar, valid, factor
 
     def answer_free(self, inputs: SceneInputs, query: Query, trace: Trace, progress: Progress | None = None) -> Trace:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from rasterio.windows import Window
 
+from tscope.geo.preview import Preview
 from tscope.geo.scene import Scene
 from tscope.model.fusion import sar_db, sar_to_rgb, stretch_to_uint8
 from tscope.model.images import choose_grid
@@ -70,18 +71,17 @@ def stitch(shape: tuple[int, int], windows: Sequence[Window], tiles: dict[int, n
     return out
 
 
-def stretch_limits(scene: Scene, names: Sequence[str], max_side: int = 1024) -> dict[str, tuple[float, float]]:
-    """Scene-wide 2-98% limits per band (from a decimated read), so every tile is stretched alike."""
-    data = scene.read_overview(list(names), max_side)
+def stretch_limits(preview: Preview, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Scene-wide 2-98% limits per band (from the scene's preview), so every tile is stretched alike."""
+    data = {name: preview.band(name) for name in names}
     out = {}
-    for name, band in zip(names, data, strict=True):
+    for name, band in data.items():
         if name in ("vv", "vh"):
             band = sar_db(band)
         finite = band[np.isfinite(band)]
         out[name] = tuple(float(v) for v in np.percentile(finite, [2, 98])) if finite.size else (0.0, 1.0)
     if {"vv", "vh"} <= set(names):
-        vv, vh = data[list(names).index("vv")], data[list(names).index("vh")]
-        mean = (sar_db(vv) + sar_db(vh)) / 2
+        mean = (sar_db(data["vv"]) + sar_db(data["vh"])) / 2
         finite = mean[np.isfinite(mean)]
         out["mean"] = tuple(float(v) for v in np.percentile(finite, [2, 98])) if finite.size else (0.0, 1.0)
     return out
@@ -124,15 +124,14 @@ def overview_factor(grid_width: int, grid_height: int, n_images: int, image_size
     return factor
 
 
-def read_rgb_overview(scene: Scene, factor: int, limits: dict, sar: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (h, w, 3) model input of the whole scene decimated by ``factor`` (area average) and its valid
-    mask (pixels whose every band is finite): true colour, or SAR's VH/VV/mean (also for an optical
-    scene's SAR bands with ``sar``)."""
-    sar = sar or scene_kind(scene) != "optical"
+def read_rgb_overview(preview: Preview, limits: dict, sar: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (h, w, 3) model input of the whole scene from its ``preview`` (each pixel the mean of the valid
+    pixels of its cell) and its valid mask (cells with a valid pixel): true colour, or SAR's VH/VV/mean
+    (also for an optical scene's SAR bands with ``sar``)."""
+    sar = sar or not set(RGB) <= set(preview.names)
     names = ["vh", "vv"] if sar else list(RGB)
-    max_side = max(1, max(scene.grid.width, scene.grid.height) // factor)
-    data = scene.read_overview(names, max_side)
-    valid = np.isfinite(data).all(axis=0)
+    data = np.stack([preview.band(name) for name in names])
+    valid = preview.valid & np.isfinite(data).all(axis=0)
     if not sar:
         rgb = np.stack([stretch_to_uint8(band, None, limits[name]) for name, band in zip(names, data, strict=True)],
                        axis=-1)
