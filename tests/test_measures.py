@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from affine import Affine
-from pyproj import CRS
+from pyproj import CRS, Geod
 
 from tscope.geo.grid import Grid
 from tscope.geo.mask import Mask
@@ -60,6 +60,25 @@ def _ellipsoid_band_area(lat1: float, lat2: float, dlon: float) -> float:
     return abs(math.radians(dlon) * b * b / 2 * (q(math.radians(lat2)) - q(math.radians(lat1))))
 
 
+def test_area_on_a_large_web_mercator_scene_is_geodesic_at_its_edges():
+    # 600 km of Web Mercator in one block: one scale factor for the block was +-6.8 % off at its edges.
+    from pyproj import Transformer
+
+    x0, y0 = Transformer.from_crs(4326, 3857, always_xy=True).transform(10.0, 48.0)
+    grid = Grid(CRS.from_epsg(3857), Affine(1000, 0, x0, 0, -1000, y0), 600, 600)
+    to_lonlat = Transformer.from_crs(3857, 4326, always_xy=True)
+    for rows in (slice(10, 60), slice(540, 590)):
+        data = np.zeros(grid.shape, bool)
+        data[rows, 300:350] = True
+        # The square's outline, densified, in lon/lat: its geodesic area.
+        t = np.linspace(0, 1, 51)[:-1]
+        cols = np.concatenate([300 + 50 * t, np.full(50, 350), 350 - 50 * t, np.full(50, 300)])
+        rws = np.concatenate([np.full(50, rows.start), rows.start + 50 * t, np.full(50, rows.stop), rows.stop - 50 * t])
+        lon, lat = to_lonlat.transform(*(grid.transform @ (cols, rws)))
+        expected = abs(Geod(ellps="WGS84").polygon_area_perimeter(lon, lat)[0])
+        assert measures.area_m2(mask(grid, data)) == pytest.approx(expected, rel=2e-3)
+
+
 def test_area_geographic_is_geodesic():
     # 0.01° pixels at 60°N: an equal-angle pixel there covers about half the ground of one at the equator.
     grid = Grid(CRS.from_epsg(4326), Affine(0.01, 0, 10.0, 0, -0.01, 60.05), 10, 10)
@@ -94,8 +113,6 @@ def test_distance_geographic():
     a = mask(grid, [(10, 10)])
     b = mask(grid, [(10, 30)], "b")
     d = measures.distance(a, b)
-    from pyproj import Geod
-
     lat = 45.0 - 0.0105
     expected = Geod(ellps="WGS84").inv(10.011, lat, 10.030, lat)[2]
     assert d.metres == pytest.approx(expected, rel=1e-3)

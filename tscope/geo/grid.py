@@ -4,13 +4,13 @@ Everything that turns pixels into metres lives here, so areas and distances are 
 
 * geographic CRSs: the exact geodesic area of each pixel on the CRS's ellipsoid (it depends only on
   the row for a north-up grid);
-* projected CRSs: the nominal pixel area in metres divided by the projection's areal scale factor
-  at the block's centre (so Web Mercator or UTM far from its meridian still give ground areas).
+* projected CRSs: the nominal pixel area in metres divided by the projection's areal scale factor,
+  per row at the block's centre column (so Web Mercator or UTM far from its meridian still give
+  ground areas).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -119,16 +119,24 @@ class Grid:
             areas[row] = abs(area)
         return areas
 
-    def _areal_scale(self, col: float, row: float) -> float:
-        x, y = self.transform @ (col, row)
+    @cached_property
+    def _row_areas_projected(self) -> dict:
+        """Per-row pixel areas of the blocks measured so far (every measure walks the same blocks)."""
+        return {}
+
+    @cached_property
+    def _proj(self) -> Proj:
+        return Proj(self.pyproj_crs)
+
+    def _areal_scale(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The projection's areal scale factor at pixel positions (1 where it has none)."""
+        xs, ys = self.transform @ (cols, rows)
         try:
-            lon, lat = self.to_lonlat.transform(x, y)
-            scale = Proj(self.pyproj_crs).get_factors(lon, lat).areal_scale
+            lon, lat = self.to_lonlat.transform(np.asarray(xs, np.float64), np.asarray(ys, np.float64))
+            scale = np.asarray(self._proj.get_factors(lon, lat).areal_scale, dtype=np.float64)
         except Exception:  # noqa: BLE001 - engineering or odd CRSs have no factors: use nominal
-            return 1.0
-        if not math.isfinite(scale) or scale <= 0:
-            return 1.0
-        return float(scale)
+            return np.ones(np.shape(cols))
+        return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
 
     def pixel_area(self, window: Window) -> np.ndarray:
         """Ground area (m²) of each pixel of ``window``, broadcastable to its (rows, cols) shape."""
@@ -144,8 +152,14 @@ class Grid:
             dy = self.geod.line_length([lon, lon], [lat, lat + 1e-6]) / 1e-6
             return np.full((1, 1), nominal * dx * dy)
         nominal *= self._metre_factor**2
-        scale = self._areal_scale(window.col_off + window.width / 2, window.row_off + rows / 2)
-        return np.full((1, 1), nominal / scale)
+        # Per row, at the block's centre column: the scale of Web Mercator or polar grids changes
+        # along the rows by several percent over a large scene; across a block's columns far less.
+        key = (float(window.col_off + window.width / 2), int(window.row_off), rows)
+        if key not in self._row_areas_projected:
+            row_centres = np.arange(rows, dtype=np.float64) + window.row_off + 0.5
+            scale = self._areal_scale(np.full(rows, key[0]), row_centres)
+            self._row_areas_projected[key] = (nominal / scale)[:, None]
+        return self._row_areas_projected[key]
 
     def pixel_size_m(self, col: float | None = None, row: float | None = None) -> tuple[float, float]:
         """Approximate (x, y) size on the ground, in metres, of the pixel at (col, row) (default: the centre)."""
