@@ -277,9 +277,13 @@ def _regions(mask: Mask) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 def default_min_area(grid: Grid) -> float:
-    """Regions smaller than this many pixels are noise, not objects (used when a question gives none)."""
-    px, py = grid.pixel_size_m()
-    return DEFAULT_MIN_PIXELS * px * py
+    """Regions smaller than this many pixels are noise, not objects (used when a question gives none).
+
+    In pixels of the grid's smallest ground area, so that every region of DEFAULT_MIN_PIXELS pixels
+    counts wherever it lies (pixel areas vary slightly with the projection's scale).
+    """
+    smallest = min(float(np.min(grid.pixel_area(window))) for window in grid.windows())
+    return DEFAULT_MIN_PIXELS * smallest
 
 
 def count(mask: Mask, min_area: float | None = None) -> Count:
