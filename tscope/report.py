@@ -68,7 +68,8 @@ def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     values = band[valid]
     if not values.size:
         return np.zeros(band.shape, np.uint8)
-    lo, hi = np.percentile(values, [2, 98])
+    # A quarter of a million samples fix the 2nd and 98th percentiles well enough for a picture.
+    lo, hi = np.percentile(values[:: max(1, values.size // 250_000)], [2, 98])
     scaled = (band - lo) / (hi - lo if hi > lo else 1.0)
     out = (np.clip(np.nan_to_num(scaled), 0, 1) * 255).round().astype(np.uint8)
     out[~valid] = 0
@@ -169,9 +170,10 @@ def quicklook(scene: Scene, trace: Trace, frame: str) -> Image.Image:
         edge = small & ~ndimage.binary_erosion(small, iterations=2 if zoom > 1 or max(h, w) >= MIN_SIDE else 1,
                                                border_value=1)
         outlines.append((edge, colour))
-    # Cloud (valid data that does not count): diagonal hatching, so the scene stays visible under it.
-    yy, xx = np.indices(excluded.shape)
-    rgb[excluded & ((yy + xx) % 8 < 2)] = EXCLUDED_COLOUR
+    if excluded.any():
+        # Cloud (valid data that does not count): diagonal hatching, so the scene stays visible under it.
+        yy, xx = np.indices(excluded.shape, sparse=True)
+        rgb[excluded & ((yy + xx) % 8 < 2)] = EXCLUDED_COLOUR
     for edge, colour in outlines:
         rgb[edge] = colour
     image = Image.fromarray(rgb.round().astype(np.uint8))
@@ -280,7 +282,7 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
         name = "quicklook.png" if len(scenes) == 1 else f"quicklook_{scene.frame}.png"
         image = quicklook(scene, trace, scene.frame)
         with writers.atomic_path(out / name) as tmp:
-            image.save(tmp, format="PNG")
+            image.save(tmp, format="PNG", compress_level=1)  # 5x faster than the default level, ~20 % larger
         quicklooks.append(name)
     trace.outputs["quicklook"] = ",".join(quicklooks)
     trace.outputs["report"] = "answer.md"

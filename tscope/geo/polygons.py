@@ -25,8 +25,9 @@ from rasterio.features import shapes
 
 from tscope.geo.mask import Mask
 
-MAX_VERTICES = 200_000
-MAX_FEATURES = 10_000
+# About 2.5 MB of GeoJSON: enough to check the masks in a GIS; the full detail is in the COG masks.
+MAX_VERTICES = 100_000
+MAX_FEATURES = 5_000
 PRECISION_DEG = 1e-7
 STRIP = 1024
 WGS84 = Geod(ellps="WGS84")
@@ -38,6 +39,7 @@ class Polygons:
 
     geometries: list[shapely.Geometry]
     areas_m2: np.ndarray
+    texts: list[str]  # each geometry as GeoJSON text, coordinates to PRECISION_DEG
     factor: int = 1  # side of the majority cell the mask was traced on (1 = full resolution)
     dropped: int = 0  # regions left out beyond max_features (the smallest)
     dropped_fraction: float = 0.0  # their share of the traced class area
@@ -45,15 +47,25 @@ class Polygons:
 
 
 def decimate(pixels: np.ndarray, factor: int) -> np.ndarray:
-    """Majority of each ``factor`` x ``factor`` cell, strip by strip (no full-size temporaries)."""
+    """Majority of each ``factor`` x ``factor`` cell, strip by strip (no full-size temporaries).
+
+    Strided adds (each pixel touched about twice) rather than a reshaped sum over two axes, which
+    costs several times more.
+    """
     rows, cols = pixels.shape[0] // factor, pixels.shape[1] // factor
     out = np.zeros((rows, cols), dtype=bool)
+    dtype = np.uint16 if factor <= 255 else np.uint32
     strip = max(1, 4096 // factor)
     for r in range(0, rows, strip):
         r1 = min(rows, r + strip)
-        block = pixels[r * factor : r1 * factor, : cols * factor]
-        counts = block.reshape(r1 - r, factor, cols, factor).sum(axis=(1, 3), dtype=np.int32)
-        out[r:r1] = counts * 2 >= factor * factor
+        block = pixels[r * factor : r1 * factor, : cols * factor].view(np.uint8)
+        lines = block[0::factor].astype(dtype)
+        for k in range(1, factor):
+            lines += block[k::factor]
+        cells = lines[:, 0::factor].copy()
+        for k in range(1, factor):
+            cells += lines[:, k::factor]
+        out[r:r1] = cells * 2 >= factor * factor
     return out
 
 
@@ -118,7 +130,7 @@ def mask_polygons(mask: Mask, max_vertices: int = MAX_VERTICES, max_features: in
         pixels = decimate(mask.counted, factor)
     native = _trace(pixels, grid.transform @ Affine.scale(factor))
     if not native:
-        return Polygons([], np.empty(0), factor)
+        return Polygons([], np.empty(0), [], factor)
     dropped = max(0, len(native) - max_features)
     dropped_fraction = 0.0
     if dropped:
@@ -132,36 +144,55 @@ def mask_polygons(mask: Mask, max_vertices: int = MAX_VERTICES, max_features: in
         lon, lat = to_lonlat.transform(xy[:, 0], xy[:, 1])
         return np.column_stack([lon, lat])
 
-    lonlat = shapely.transform(np.asarray(native, dtype=object), reproject)
+    geometries = shapely.transform(np.asarray(native, dtype=object), reproject)
     cut = 0
-    geometries = []
-    for geometry in lonlat:
-        if _crosses(geometry):
+    bounds = shapely.bounds(geometries)
+    # Only a ring spanning more than 180° of longitude can jump across the antimeridian.
+    for i in np.nonzero(bounds[:, 2] - bounds[:, 0] > 180)[0]:
+        if _crosses(geometries[i]):
             # Cut at ±180° (and closed along the pole when the ring goes round one): RFC 7946 §3.1.9.
-            geometry = antimeridian.fix_polygon(geometry, great_circle=False)
+            geometries[i] = antimeridian.fix_polygon(geometries[i], great_circle=False)
             cut += 1
-        geometries.append(geometry)
-    geometries = shapely.set_precision(np.asarray(geometries, dtype=object), PRECISION_DEG)
+    # Pointwise rounding (set_precision's default snaps through a full overlay, seconds per mask);
+    # the few rings it could spoil are repaired below.
+    geometries = shapely.set_precision(geometries, PRECISION_DEG, mode="pointwise")
     invalid = ~shapely.is_valid(geometries)
     if invalid.any():
         geometries[invalid] = [_polygonal(g) for g in shapely.make_valid(geometries[invalid])]
     # Projections such as polar stereographic reverse the winding of the traced rings.
     geometries = shapely.orient_polygons(geometries, exterior_cw=False)
-    keep = ~shapely.is_empty(geometries)
-    geometries = list(geometries[keep])
-    areas = np.array([WGS84.geometry_area_perimeter(g)[0] for g in geometries])
-    return Polygons(geometries, areas, factor, dropped, dropped_fraction, cut)
+    geometries = geometries[~shapely.is_empty(geometries)]
+    texts, areas = _texts_and_areas(geometries)
+    return Polygons(list(geometries), areas, texts, factor, dropped, dropped_fraction, cut)
 
 
-def geojson_geometry(geometry: shapely.Geometry) -> str:
-    """GeoJSON text of a (multi)polygon with coordinates at the written precision (7 decimals)."""
-    def ring(coords: np.ndarray) -> str:
-        return "[" + ",".join(f"[{x:.7f},{y:.7f}]" for x, y in coords.tolist()) + "]"
+def _texts_and_areas(geometries: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """GeoJSON geometry texts (7 decimals) and geodesic areas (m²) of lon/lat (multi)polygons.
 
-    def polygon(p: shapely.Polygon) -> str:
-        return "[" + ",".join(ring(np.asarray(r.coords)) for r in (p.exterior, *p.interiors)) + "]"
-
-    if isinstance(geometry, shapely.Polygon):
-        return '{"type": "Polygon", "coordinates": ' + polygon(geometry) + "}"
-    parts = [g for g in getattr(geometry, "geoms", []) if isinstance(g, shapely.Polygon)]
-    return '{"type": "MultiPolygon", "coordinates": [' + ",".join(polygon(p) for p in parts) + "]}"
+    Everything is read from one ragged coordinate array: per-geometry coordinate access costs more
+    than the polygonising. Areas are ``Geod.polygon_area_perimeter`` of every ring on WGS84, signed
+    by winding (exteriors counter-clockwise, holes clockwise), summed per geometry.
+    """
+    if not len(geometries):
+        return [], np.empty(0)
+    kind, coords, offsets = shapely.to_ragged_array(geometries)
+    if kind == shapely.GeometryType.POLYGON:
+        rings, parts = offsets
+        per_geometry = np.arange(len(parts))
+    else:
+        rings, parts, per_geometry = offsets
+    lon, lat = np.ascontiguousarray(coords[:, 0]), np.ascontiguousarray(coords[:, 1])
+    ring_areas = np.array([WGS84.polygon_area_perimeter(lon[a:b], lat[a:b])[0]
+                           for a, b in zip(rings[:-1], rings[1:], strict=True)])
+    first_ring = parts[per_geometry[:-1]]
+    areas = np.add.reduceat(ring_areas, first_ring)
+    points = [f"[{x:.7f},{y:.7f}]" for x, y in coords.tolist()]
+    ring_texts = ["[" + ",".join(points[a:b]) + "]" for a, b in zip(rings[:-1], rings[1:], strict=True)]
+    part_texts = ["[" + ",".join(ring_texts[a:b]) + "]" for a, b in zip(parts[:-1], parts[1:], strict=True)]
+    texts = []
+    for a, b in zip(per_geometry[:-1], per_geometry[1:], strict=True):
+        if b - a == 1:
+            texts.append('{"type": "Polygon", "coordinates": ' + part_texts[a] + "}")
+        else:
+            texts.append('{"type": "MultiPolygon", "coordinates": [' + ",".join(part_texts[a:b]) + "]}")
+    return texts, areas

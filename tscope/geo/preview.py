@@ -41,26 +41,46 @@ class Preview:
         self._counts = np.zeros(self.shape, np.int32)
         self._lock = threading.Lock()  # passes add windows from several threads; cells may be shared
 
-    def _cells(self, start: int, length: int) -> tuple[np.ndarray, slice]:
-        """Offsets (inside a window from ``start``) where its cells begin, and the cells' slice."""
-        first, last = start // self.factor, (start + length - 1) // self.factor
-        offsets = np.maximum(np.arange(first, last + 1) * self.factor - start, 0)
-        return offsets, slice(first, last + 1)
+    def aligned(self, block: int) -> int:
+        """The largest window side up to ``block`` made of whole cells: windows then need no padding."""
+        return max(self.factor, block - block % self.factor)
+
+    def _cell_sums(self, values: np.ndarray, row_off: int, col_off: int, dtype: type) -> np.ndarray:
+        """Sums of ``values`` (a window at ``row_off, col_off``) per cell the window touches.
+
+        Strided adds, one per row and column of a cell: each pixel is touched about twice, where
+        ``np.add.reduceat`` along rows loops per cell and costs as much as reading the window.
+        """
+        f = self.factor
+        top, left = row_off % f, col_off % f
+        h, w = values.shape
+        if top or left or (top + h) % f or (left + w) % f:
+            # A window that starts or ends inside a cell: pad it with zeros to whole cells.
+            padded = np.zeros((math.ceil((top + h) / f) * f, math.ceil((left + w) / f) * f), values.dtype)
+            padded[top : top + h, left : left + w] = values
+            values = padded
+        rows = values[0::f].astype(dtype)
+        for k in range(1, f):
+            rows += values[k::f]
+        out = rows[:, 0::f].copy()
+        for k in range(1, f):
+            out += rows[:, k::f]
+        return out
 
     def add(self, window: Window, bands: dict[str, np.ndarray], valid: np.ndarray) -> None:
         """Accumulate one window of the pass (``bands`` holds at least ``names``; ``valid`` its mask).
 
         Windows may straddle cells and may overlap: a mean of sums and counts is the same either way.
         """
-        rows, row_cells = self._cells(int(window.row_off), int(window.height))
-        cols, col_cells = self._cells(int(window.col_off), int(window.width))
-        counts = np.add.reduceat(np.add.reduceat(valid.astype(np.int32), rows, axis=0), cols, axis=1)
-        sums = [np.add.reduceat(np.add.reduceat(np.where(valid, bands[name], np.float32(0)), rows, axis=0),
-                                cols, axis=1) for name in self.names]
+        r0, c0 = int(window.row_off), int(window.col_off)
+        counts = self._cell_sums(valid.view(np.uint8), r0, c0, np.int32)
+        sums = [self._cell_sums(np.where(valid, bands[name], np.float32(0)), r0, c0, np.float32) for name in self.names]
+        cells = (slice(r0 // self.factor, r0 // self.factor + counts.shape[0]),
+                 slice(c0 // self.factor, c0 // self.factor + counts.shape[1]))
         with self._lock:
-            self._counts[row_cells, col_cells] += counts
+            self._counts[cells] += counts
             for i, part in enumerate(sums):
-                self._sums[i, row_cells, col_cells] += part
+                self._sums[(i, *cells)] += part
 
     @property
     def valid(self) -> np.ndarray:
@@ -79,7 +99,7 @@ def scene_preview(scene: Scene, names: Sequence[str] | None = None, block: int =
     """A preview of ``scene`` (cells of ``factor`` pixels, default: at most PREVIEW_SIDE cells a side)
     from a pass of its own, for callers with no pass to share."""
     preview = Preview(scene.grid, names or preview_bands(scene.bands), factor=factor)
-    for window in scene.grid.windows(block):
+    for window in scene.grid.windows(preview.aligned(block)):
         bands, valid = scene.read(preview.names, window)
         preview.add(window, bands, valid)
     return preview

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from tscope.geo.grid import Grid
 from tscope.geo.mask import Mask
-from tscope.geo.polygons import Polygons, geojson_geometry, mask_polygons
+from tscope.geo.polygons import Polygons, mask_polygons
 
 MASK_NODATA = 255
 STRIP = 1024
@@ -135,10 +135,10 @@ def write_geojson_features(dst: str | Path, layers: list[tuple[Mask, dict]]) -> 
         for mask, properties in layers:
             polygons = mask_polygons(mask)
             written[properties.get("step", mask.label)] = polygons
-            for geometry, area in zip(polygons.geometries, polygons.areas_m2, strict=True):
+            for text, area in zip(polygons.texts, polygons.areas_m2, strict=True):
                 props = json.dumps({**properties, "area_m2": round(float(area), 3)})
                 out.write(("\n" if first else ",\n") + '{"type": "Feature", "properties": ' + props
-                          + ', "geometry": ' + geojson_geometry(geometry) + "}")
+                          + ', "geometry": ' + text + "}")
                 first = False
         out.write("\n]}\n")
     return written

@@ -108,7 +108,7 @@ class SpectralBackend:
         data = {cls: np.zeros(shape, dtype=bool) for cls in classes}
         valid_all = np.zeros(shape, dtype=bool)
         nodata_px = cloud_px = 0
-        windows = list(scene.grid.windows(self.block))
+        windows = list(scene.grid.windows(preview.aligned(self.block)))
 
         def classify(window):
             bands, valid = scene.read(needs, window)
