@@ -2,9 +2,10 @@
 
 A mask is traced pixel-exact (4-connected, the connectivity every measure uses) on its own grid, so
 each polygon is one region that :func:`tscope.reason.measures.count` counts. The output is bounded
-by what a GIS can draw, not by raster width: when the traced rings would exceed ``max_vertices``
-corners the mask is traced on a grid coarsened by the majority of each cell (doubling the cell until
-it fits), and only the ``max_features`` largest regions are kept. The caller reports both.
+by what a GIS can draw: when the traced rings would exceed ``max_vertices`` corners the mask is
+traced on a grid coarsened by the majority of each cell (doubling the cell until it fits), and only
+the ``max_features`` largest regions are kept. Tracing time is bounded too: masks of more than
+``MAX_TRACE_PIXELS`` pixels start from cells that bring them under it. The caller reports all of it.
 
 Rings are reprojected to EPSG:4326, cut at the antimeridian and closed round a pole by the
 ``antimeridian`` package (RFC 7946 §3.1.9), wound counter-clockwise (§3.1.6), and rounded to
@@ -14,6 +15,7 @@ feature's area is the geodesic area of the ring as written, so a GIS recomputes 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import antimeridian
@@ -28,6 +30,9 @@ from tscope.geo.mask import Mask
 # About 2.5 MB of GeoJSON: enough to check the masks in a GIS; the full detail is in the COG masks.
 MAX_VERTICES = 100_000
 MAX_FEATURES = 5_000
+# GDAL's polygoniser scans every pixel (7 s for a 10980² mask whatever its outline): larger masks
+# are traced on majority cells so that at most this many cells are scanned.
+MAX_TRACE_PIXELS = 4096 * 4096
 PRECISION_DEG = 1e-7
 STRIP = 1024
 WGS84 = Geod(ellps="WGS84")
@@ -124,7 +129,8 @@ def _polygonal(geometry: shapely.Geometry) -> shapely.Geometry:
 def mask_polygons(mask: Mask, max_vertices: int = MAX_VERTICES, max_features: int = MAX_FEATURES) -> Polygons:
     """The class regions of ``mask`` as valid, counter-clockwise lon/lat polygons with geodesic areas."""
     grid = mask.grid
-    pixels, factor = mask.counted, 1
+    factor = max(1, math.ceil(math.sqrt(grid.width * grid.height / MAX_TRACE_PIXELS)))
+    pixels = decimate(mask.counted, factor) if factor > 1 else mask.counted
     while corner_count(pixels) > max_vertices and min(pixels.shape) > 1:
         factor *= 2
         pixels = decimate(mask.counted, factor)
