@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from tscope.errors import InputError
 from tscope.geo import writers
-from tscope.geo.polygons import MAX_FEATURES, MAX_VERTICES, PRECISION_DEG, Polygons
+from tscope.geo.polygons import MAX_FEATURES, MAX_TRACE_PIXELS, MAX_VERTICES, PRECISION_DEG, Polygons
 from tscope.geo.preview import Preview, preview_bands, scene_preview
 from tscope.geo.scene import Scene
 from tscope.reason.trace import Trace
@@ -240,8 +240,8 @@ def _vector_notes(written: dict[str, Polygons]) -> list[str]:
     for step, polygons in written.items():
         if polygons.factor > 1:
             notes.append(f"masks.geojson: {step} traced on {polygons.factor}x{polygons.factor}-pixel majority cells"
-                         f" to stay under {MAX_VERTICES:,} vertices; the GeoTIFF mask and every number are full"
-                         " resolution")
+                         f" (at most {MAX_TRACE_PIXELS:,} cells scanned and {MAX_VERTICES:,} vertices written);"
+                         " the GeoTIFF mask and every number are full resolution")
         if polygons.dropped:
             notes.append(f"masks.geojson: {step} keeps its {MAX_FEATURES:,} largest regions; {polygons.dropped:,}"
                          f" smaller ones ({100 * polygons.dropped_fraction:.1f}% of its area) are only in the GeoTIFF")
