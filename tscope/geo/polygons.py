@@ -8,9 +8,10 @@ the ``max_features`` largest regions are kept. Tracing time is bounded too: mask
 ``MAX_TRACE_PIXELS`` pixels start from cells that bring them under it. The caller reports all of it.
 
 Rings are reprojected to EPSG:4326, cut at the antimeridian and closed round a pole by the
-``antimeridian`` package (RFC 7946 §3.1.9), wound counter-clockwise (§3.1.6), and rounded to
-``PRECISION_DEG`` (about 1 cm) with ``shapely.set_precision``, which keeps them valid. Each
-feature's area is the geodesic area of the ring as written, so a GIS recomputes the same number.
+``antimeridian`` package (RFC 7946 §3.1.9), rounded to ``PRECISION_DEG`` (about 1 cm) with
+``shapely.set_precision`` (any ring the rounding spoils is repaired), and wound counter-clockwise
+(§3.1.6). Each feature's area is the geodesic area of the ring as written, so a GIS recomputes the
+same number.
 """
 
 from __future__ import annotations
