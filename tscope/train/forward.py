@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tscope.train.config import LossRecipe
 from tscope.train.dataset import Sample
 from tscope.train.losses import IGNORE, candidate_seg_loss, lm_loss, mask_iou
 
@@ -146,16 +147,15 @@ class TeacherForcing(nn.Module):
 
     ``forward(sample)`` returns ``{"loss": tensor, "lm_loss", "seg_loss", "bce", "dice", "iou_mse": float,
     "iou": [IoU of the mask inference would keep, per [SEG]], "tokens", "length": int}``;
-    loss = lm_weight x LM + :func:`~tscope.train.losses.candidate_seg_loss` (BCE, Dice, IoU-head weights).
+    loss = ``loss.lm_weight`` x LM + :func:`~tscope.train.losses.candidate_seg_loss` (the recipe's mask loss;
+    default the release's).
     """
 
-    def __init__(self, model, tokenizer, lm_weight: float = 1.0, bce_weight: float = 2.0, dice_weight: float = 0.5,
-                 iou_weight: float = 1.0, max_length: int | None = None):
+    def __init__(self, model, tokenizer, loss: LossRecipe | None = None, max_length: int | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        self.lm_weight, self.bce_weight, self.dice_weight = lm_weight, bce_weight, dice_weight
-        self.iou_weight = iou_weight
+        self.loss_recipe = loss or LossRecipe()
         self.max_length = max_length
 
     def plan(self, sample: Sample) -> SequencePlan:
@@ -172,7 +172,7 @@ class TeacherForcing(nn.Module):
         hidden = out.last_hidden_state  # (1, L, H)
         logits = model.lm_head(hidden.to(model.lm_head.weight.dtype))[0]  # (L, V)
         lm = lm_loss(logits, inputs.labels)
-        loss = self.lm_weight * lm
+        loss = self.loss_recipe.lm_weight * lm
         result = {"lm_loss": float(lm.detach()), "seg_loss": 0.0, "bce": 0.0, "dice": 0.0, "iou_mse": 0.0, "iou": [],
                   "tokens": int((inputs.labels != IGNORE).sum()), "length": inputs.length}
         if inputs.seg_positions:
@@ -185,7 +185,7 @@ class TeacherForcing(nn.Module):
                 cands, iou_pred = model.decode_candidates(sam, seg_hidden)  # (n, 3, h, w), (n, 3)
                 target = torch.from_numpy(np.stack([sample.masks[k] for k in ks])).to(cands.device)
                 part, parts, kept = candidate_seg_loss(cands, iou_pred, target, model.config.sam_image_size,
-                                                       self.bce_weight, self.dice_weight, self.iou_weight)
+                                                       self.loss_recipe)
                 mask_logits = cands[torch.arange(len(ks), device=kept.device), kept]
                 weight = len(ks) / len(inputs.seg_positions)
                 seg_total = seg_total + part * weight

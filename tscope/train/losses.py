@@ -1,21 +1,25 @@
 """Training losses: LM cross-entropy over labelled tokens, and the mask loss (BCE + Dice).
 
-The mask loss has the release's terms and weights (sigmoid BCE averaged over pixels and the "naive"
-Dice ``1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps)`` with eps = 1, averaged over masks; release
-BCE x 2 + Dice x 0.5, paper lambda = 0.5 -> 0.5 and 0.5), computed densely on the logits upsampled to
-the image, where the release samples 12544 uncertainty points.
+The mask loss reproduces the release's (``VideoLLaVASAMModel.forward`` with ``loss_sample_points=True``):
+SAM-2's multimask output keeps the candidate with the best *predicted* IoU; its low-res logits are compared
+with the ground truth resized (nearest) to the same grid, on 12544 points per mask drawn as Mask2Former
+does (:func:`uncertain_points`: 3x oversampled uniform points, the 75% most uncertain -- logit nearest 0 --
+kept, the rest uniform), with sigmoid BCE averaged over points and the "naive" Dice
+``1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)`` averaged over masks; BCE x 2 + Dice x 0.5. SAM-2's IoU
+head gets no loss there.
 
-SAM-2 proposes three candidate masks per prompt and tscope's inference keeps the one with the best
-*predicted* IoU. :func:`candidate_seg_loss` trains that choice the way SAM itself is trained: the
-BCE + Dice loss back-propagates through the candidate closest to the ground truth, and the IoU head
-regresses each candidate's actual IoU (MSE, ``iou_weight``), so the candidate inference picks is the
-one that learned the mask.
+tscope's alternative (:class:`tscope.train.config.LossRecipe`): back-propagate through the candidate
+*closest* to the ground truth and regress the IoU head on every candidate's actual IoU (MSE), as SAM itself
+is trained, so the candidate inference keeps is the one that learned the mask; densely (``points: 0``) and
+at the image size (``resolution: image``, the logits upsampled as inference upsamples them).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from tscope.train.config import LossRecipe
 
 IGNORE = -100  # label of positions excluded from the LM loss (prompt, image and region tokens)
 
@@ -30,15 +34,48 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def bce_per_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) logits and {0, 1} targets -> (N,) mean sigmoid BCE per mask."""
+    """(N, ...) logits and targets in [0, 1] -> (N,) mean sigmoid BCE per mask."""
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
 
 
 def dice_per_mask(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """(N, H, W) logits and {0, 1} targets -> (N,) naive Dice loss of sigmoid(logits) per mask."""
+    """(N, ...) logits and targets in [0, 1] -> (N,) naive Dice loss of sigmoid(logits) per mask."""
     prob = logits.float().sigmoid().flatten(1)
     flat = target.float().flatten(1)
     return 1 - (2 * (prob * flat).sum(-1) + eps) / (prob.sum(-1) + flat.sum(-1) + eps)
+
+
+def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of maps (N, h, w) at points (N, P, 2), (x, y) in [0, 1] over the whole map
+    (pixel centres at (i + 0.5) / w, zero outside) -> (N, P)."""
+    grid = coords[:, :, None, :].float() * 2 - 1  # grid_sample's [-1, 1], align_corners=False
+    return F.grid_sample(maps[:, None].float(), grid, mode="bilinear", align_corners=False)[:, 0, :, 0]
+
+
+def uncertain_points(logits: torch.Tensor, points: int, oversample_ratio: float = 3.0,
+                     importance_ratio: float = 0.75) -> torch.Tensor:
+    """Points (N, ``points``, 2) in [0, 1] for logits (N, h, w): ``points x oversample_ratio`` uniform
+    draws, of which the ``importance_ratio`` share with the logit closest to 0 (the most uncertain,
+    judged at the drawn point itself, not at the nearest pixel) are kept, the rest fresh uniform points.
+    Draws from torch's RNG, which the trainer seeds per step."""
+    n = logits.shape[0]
+    drawn = torch.rand(n, int(points * oversample_ratio), 2, device=logits.device)
+    uncertainty = -point_sample(logits.detach(), drawn).abs()
+    keep = int(importance_ratio * points)
+    index = uncertainty.topk(keep, dim=1).indices
+    picked = torch.gather(drawn, 1, index[..., None].expand(-1, -1, 2))
+    return torch.cat([picked, torch.rand(n, points - keep, 2, device=logits.device)], dim=1)
+
+
+def mask_terms(logits: torch.Tensor, target: torch.Tensor, recipe: LossRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mask (BCE, Dice), each (N,), of logits (N, h, w) against targets (N, h, w) of the same size:
+    on ``recipe.points`` uncertainty-sampled points per mask, or every pixel when that is 0."""
+    if recipe.points:
+        with torch.no_grad():
+            coords = uncertain_points(logits.float(), recipe.points, recipe.oversample_ratio, recipe.importance_ratio)
+            target = point_sample(target.float(), coords)
+        logits = point_sample(logits.float(), coords)
+    return bce_per_mask(logits, target), dice_per_mask(logits, target)
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor, video_side: int) -> list[float | None]:
@@ -54,31 +91,40 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor, video_side: int) -> lis
 
 
 def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, video_side: int,
-                       bce_weight: float = 2.0, dice_weight: float = 0.5,
-                       iou_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+                       recipe: LossRecipe | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """SAM-2's candidates (N, C, h, w) with predicted IoUs (N, C) against targets (N, H, W).
 
-    Returns (loss, {"bce", "dice", "iou_mse"} of the trained candidates, the index (N,) of the
-    candidate inference would keep: best predicted IoU).
+    Returns (loss, {"bce", "dice", "iou_mse"} of the trained candidates -- iou_mse 0 unless
+    ``recipe.iou_weight`` -- and the index (N,) of the candidate inference keeps: best predicted IoU).
     """
     from tscope.model.architecture import upsample_logits
 
+    recipe = recipe or LossRecipe()
     n, c = candidates.shape[:2]
-    size = tuple(target.shape[-2:])
-    full = upsample_logits(candidates.flatten(0, 1), size, video_side).view(n, c, *size)
-    flat_target = target[:, None].expand(n, c, *size).flatten(0, 1)
-    bce = bce_per_mask(full.flatten(0, 1), flat_target).view(n, c)
-    dice = dice_per_mask(full.flatten(0, 1), flat_target).view(n, c)
-    per = bce_weight * bce + dice_weight * dice
-    best = per.detach().argmin(1)
-    rows = torch.arange(n, device=per.device)
-    loss = per[rows, best].mean()
-    with torch.no_grad():
-        # Both empty counts as a perfect mask (IoU 1) for the IoU head.
-        actual = torch.tensor([[1.0 if v is None else v for v in mask_iou(candidates[:, j], target, video_side)]
-                               for j in range(c)], device=iou_pred.device).T
-    iou_mse = F.mse_loss(iou_pred.float(), actual)
-    loss = loss + iou_weight * iou_mse
-    parts = {"bce": float(bce[rows, best].detach().mean()), "dice": float(dice[rows, best].detach().mean()),
-             "iou_mse": float(iou_mse.detach())}
-    return loss, parts, iou_pred.detach().argmax(1)
+    rows = torch.arange(n, device=candidates.device)
+    kept = iou_pred.detach().argmax(1)
+    pool = candidates[rows, kept][:, None] if recipe.candidate == "predicted" else candidates
+    k, low = pool.shape[1], tuple(candidates.shape[-2:])
+    if recipe.resolution == "low":  # the release: the ground truth goes to the decoder's grid
+        truth = F.interpolate(target[:, None].float(), size=low, mode="nearest")[:, 0]
+        logits = pool.flatten(0, 1)
+    else:  # the logits go to the image, as inference upsamples them
+        truth = target.float()
+        logits = upsample_logits(pool.flatten(0, 1), tuple(target.shape[-2:]), video_side)
+    truth = truth[:, None].expand(n, k, *truth.shape[-2:]).flatten(0, 1)
+    bce, dice = (t.view(n, k) for t in mask_terms(logits, truth, recipe))
+    per = recipe.bce_weight * bce + recipe.dice_weight * dice
+    choice = per.detach().argmin(1)  # a single column for "predicted"
+    loss = per[rows, choice].mean()
+    iou_mse = 0.0
+    if recipe.iou_weight:
+        with torch.no_grad():
+            # Both empty counts as a perfect mask (IoU 1) for the IoU head.
+            actual = torch.tensor([[1.0 if v is None else v for v in mask_iou(candidates[:, j], target, video_side)]
+                                   for j in range(c)], device=iou_pred.device).T
+        mse = F.mse_loss(iou_pred.float(), actual)
+        loss = loss + recipe.iou_weight * mse
+        iou_mse = float(mse.detach())
+    parts = {"bce": float(bce[rows, choice].detach().mean()), "dice": float(dice[rows, choice].detach().mean()),
+             "iou_mse": iou_mse}
+    return loss, parts, kept

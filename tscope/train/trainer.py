@@ -4,9 +4,9 @@ Per optimizer step: the step's global batch (a seeded permutation per epoch,
 :func:`tscope.train.schedule.batch_indices`) is split across processes; each forwards its samples one
 at a time (:class:`~tscope.train.forward.TeacherForcing`) and accumulates gradients, scaled so the
 update is the mean over the global batch; then gradient clipping and Adam(W) with the learning rate
-of :func:`tscope.train.schedule.lr_at`. Dropout is reseeded from (seed, step) every step, so
-``--resume`` from a checkpoint reproduces the uninterrupted run exactly (same data order, same
-schedule, same randomness).
+of :func:`tscope.train.schedule.lr_at`. torch's RNG (dropout, the mask loss's point sampling) is
+reseeded from (seed, step) every step, so ``--resume`` from a checkpoint reproduces the uninterrupted
+run exactly (same data order, same schedule, same randomness).
 
 Outputs under ``OUT``: ``metrics.jsonl`` (one JSON object per step, plus ``"eval"`` lines),
 ``checkpoints/step-N/`` (:mod:`tscope.train.checkpoint`), ``model/`` (the final model, native layout),
@@ -29,7 +29,8 @@ from tscope.train.config import TrainConfig
 log = logging.getLogger("tscope.train")
 
 # Recipe keys a resumed run must share with the checkpoint (they fix data order and schedule).
-RESUME_KEYS = ("stage", "model", "data", "image_root", "eval_data", "eval_fraction", "batch_size", "lr", "scheduler",
+RESUME_KEYS = ("stage", "model", "data", "image_root", "eval_data", "eval_fraction", "batch_size", "device_batch",
+               "grad_accumulation", "lr", "scheduler",
                "warmup_ratio", "warmup_start_factor", "min_lr", "epochs", "optimizer", "betas", "weight_decay",
                "seed", "lora", "loss", "train_embeddings", "max_length")
 
@@ -56,7 +57,8 @@ def _accelerator(config: TrainConfig):
     # and does the division instead; the loop then marks each step's last backward (accelerate.accumulate).
     steps = 1
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        steps = max(1, config.batch_size // int(os.environ.get("WORLD_SIZE", "1")))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        steps = max(1, config.global_batch(world) // world)
     # Process 0 alone scores the held-out split while the others wait in the next all-reduce: allow
     # more than NCCL's default 10 minutes for it.
     return Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=steps,
@@ -112,8 +114,9 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
     from accelerate.utils import DistributedType
 
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
-    if world > 1 and config.batch_size % world:
-        raise InputError(f"batch_size {config.batch_size} is not a multiple of the {world} processes")
+    batch_size = config.global_batch(world)
+    if world > 1 and batch_size % world:
+        raise InputError(f"batch_size {batch_size} is not a multiple of the {world} processes")
 
     records = read_jsonl(config.data)
     root = config.image_root or Path(config.data).parent
@@ -127,7 +130,7 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
     # steps per optimizer step: no partial last batch then.
     drop_last = world > 1 or deepspeed
     try:
-        per_epoch = steps_per_epoch(len(data), config.batch_size, drop_last)
+        per_epoch = steps_per_epoch(len(data), batch_size, drop_last)
     except ValueError as exc:
         raise InputError(f"{config.data}: {exc}") from None
     total = per_epoch * config.epochs
@@ -148,8 +151,7 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
         else:
             llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_mode(model)
-    module = TeacherForcing(model, tokenizer, config.loss.lm_weight, config.loss.bce_weight, config.loss.dice_weight,
-                            config.loss.iou_weight, config.max_length)
+    module = TeacherForcing(model, tokenizer, config.loss, config.max_length)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
@@ -157,6 +159,11 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
     if resume:
         state = ckpt.load_checkpoint(existing[-1], model, optimizer)
         _check_resume(config, state["config"])
+        if int(state.get("global_batch", batch_size)) != batch_size:
+            # A per-process batch makes the global one depend on the number of processes, and with it
+            # the data order: a resumed run on another number of processes is a different run.
+            raise InputError(f"--resume: the checkpoint's steps have {state['global_batch']} samples, this run's "
+                             f"{batch_size} ({world} processes x {config.device_batch} x {config.grad_accumulation})")
         start = int(state["step"])
         log.info("resuming from %s (step %d)", existing[-1], start)
     wrapped, optimizer = acc.prepare(module, optimizer)
@@ -172,7 +179,7 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
             metrics_path.unlink()
     n_trainable = sum(p.numel() for p in params)
     log.info("stage %d: %d samples (%d held out), %d steps of %d, %d trainable tensors (%d parameters)",
-             config.stage, len(data), len(held), total, config.batch_size, len(trainable), n_trainable)
+             config.stage, len(data), len(held), total, batch_size, len(trainable), n_trainable)
 
     last: dict = {}
     for step in range(start, stop):
@@ -182,7 +189,7 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
                    config.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = batch_indices(step, len(data), config.batch_size, config.seed, drop_last)
+        batch = batch_indices(step, len(data), batch_size, config.seed, drop_last)
         mine = batch[rank::world]
         # DDP averages gradients over processes: scale so the update is the mean over the global batch.
         # DeepSpeed divides by its gradient_accumulation_steps (= batch / processes) itself.
@@ -246,14 +253,14 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
                 # not saved there (a resumed ZeRO-2 run restarts them; weights and data order resume).
                 inner = None if deepspeed else getattr(optimizer, "optimizer", optimizer)
                 ckpt.save_checkpoint(out, step + 1, model, tokenizer, inner,
-                                     {"config": config.to_dict(), "total_steps": total})
+                                     {"config": config.to_dict(), "total_steps": total, "global_batch": batch_size})
                 ckpt.prune(out, config.save_total_limit)
             acc.wait_for_everyone()
     final = None
     if acc.is_main_process:
         final = ckpt.export_model(model, tokenizer, out / "model")
     acc.wait_for_everyone()
-    return {"stage": config.stage, "steps": stop, "total_steps": total, "start_step": start,
+    return {"stage": config.stage, "steps": stop, "total_steps": total, "start_step": start, "batch_size": batch_size,
             "samples": len(data), "held_out": len(held), "trainable_parameters": n_trainable,
             "last": last, "model": str(final) if final else None, "metrics": str(metrics_path),
             "checkpoints": [str(p) for p in ckpt.checkpoints(out)]}
