@@ -56,7 +56,7 @@ def evaluate_holdout(module, data: TrainData, limit: int | None = None, max_new_
             for i in range(min(len(data), limit or len(data))):
                 sample = data[i]
                 try:
-                    out = module(sample)
+                    out = module(sample, seed=i)  # the same mask-loss points at every evaluation
                 except TooLong:
                     skipped += 1  # as in training: longer than max_length
                     continue

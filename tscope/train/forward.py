@@ -163,7 +163,10 @@ class TeacherForcing(nn.Module):
         (a forward that fails inside it has already joined DDP's per-forward collectives)."""
         return plan_sequence(self.model, self.tokenizer, sample, self.max_length)
 
-    def forward(self, sample: Sample | None, plan: SequencePlan | None = None) -> dict:
+    def forward(self, sample: Sample | None, plan: SequencePlan | None = None, seed: int | None = None) -> dict:
+        """``seed`` seeds the mask loss's point sampling (torch's default RNG if None): the trainer derives
+        it from (recipe seed, step, sample), so a sample's points do not depend on which process or
+        in which order it is forwarded."""
         model = self.model
         if sample is None:
             return self.placeholder()
@@ -178,6 +181,10 @@ class TeacherForcing(nn.Module):
         if inputs.seg_positions:
             seg_total, bce, dice, iou_mse = 0.0, 0.0, 0.0, 0.0
             ious: list[float | None] = [None] * len(inputs.seg_positions)
+            generator = None
+            if seed is not None:
+                generator = torch.Generator(device=hidden.device)
+                generator.manual_seed(seed)
             for frame in sorted(set(inputs.frames)):
                 ks = [k for k, f in enumerate(inputs.frames) if f == frame]
                 sam = model.sam_encode([sample.images[frame]])[0]  # image encoder frozen: no graph
@@ -185,7 +192,7 @@ class TeacherForcing(nn.Module):
                 cands, iou_pred = model.decode_candidates(sam, seg_hidden)  # (n, 3, h, w), (n, 3)
                 target = torch.from_numpy(np.stack([sample.masks[k] for k in ks])).to(cands.device)
                 part, parts, kept = candidate_seg_loss(cands, iou_pred, target, model.config.sam_image_size,
-                                                       self.loss_recipe)
+                                                       self.loss_recipe, generator)
                 mask_logits = cands[torch.arange(len(ks), device=kept.device), kept]
                 weight = len(ks) / len(inputs.seg_positions)
                 seg_total = seg_total + part * weight

@@ -52,27 +52,30 @@ def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(maps[:, None].float(), grid, mode="bilinear", align_corners=False)[:, 0, :, 0]
 
 
-def uncertain_points(logits: torch.Tensor, points: int, oversample_ratio: float = 3.0,
-                     importance_ratio: float = 0.75) -> torch.Tensor:
+def uncertain_points(logits: torch.Tensor, points: int, oversample_ratio: float = 3.0, importance_ratio: float = 0.75,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Points (N, ``points``, 2) in [0, 1] for logits (N, h, w): ``points x oversample_ratio`` uniform
     draws, of which the ``importance_ratio`` share with the logit closest to 0 (the most uncertain,
     judged at the drawn point itself, not at the nearest pixel) are kept, the rest fresh uniform points.
-    Draws from torch's RNG, which the trainer seeds per step."""
+    Draws from ``generator`` (torch's default RNG if None)."""
     n = logits.shape[0]
-    drawn = torch.rand(n, int(points * oversample_ratio), 2, device=logits.device)
+    drawn = torch.rand(n, int(points * oversample_ratio), 2, device=logits.device, generator=generator)
     uncertainty = -point_sample(logits.detach(), drawn).abs()
     keep = int(importance_ratio * points)
     index = uncertainty.topk(keep, dim=1).indices
     picked = torch.gather(drawn, 1, index[..., None].expand(-1, -1, 2))
-    return torch.cat([picked, torch.rand(n, points - keep, 2, device=logits.device)], dim=1)
+    fresh = torch.rand(n, points - keep, 2, device=logits.device, generator=generator)
+    return torch.cat([picked, fresh], dim=1)
 
 
-def mask_terms(logits: torch.Tensor, target: torch.Tensor, recipe: LossRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_terms(logits: torch.Tensor, target: torch.Tensor, recipe: LossRecipe,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-mask (BCE, Dice), each (N,), of logits (N, h, w) against targets (N, h, w) of the same size:
     on ``recipe.points`` uncertainty-sampled points per mask, or every pixel when that is 0."""
     if recipe.points:
         with torch.no_grad():
-            coords = uncertain_points(logits.float(), recipe.points, recipe.oversample_ratio, recipe.importance_ratio)
+            coords = uncertain_points(logits.float(), recipe.points, recipe.oversample_ratio, recipe.importance_ratio,
+                                      generator)
             target = point_sample(target.float(), coords)
         logits = point_sample(logits.float(), coords)
     return bce_per_mask(logits, target), dice_per_mask(logits, target)
@@ -91,11 +94,13 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor, video_side: int) -> lis
 
 
 def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, video_side: int,
-                       recipe: LossRecipe | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+                       recipe: LossRecipe | None = None, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """SAM-2's candidates (N, C, h, w) with predicted IoUs (N, C) against targets (N, H, W).
 
     Returns (loss, {"bce", "dice", "iou_mse"} of the trained candidates -- iou_mse 0 unless
     ``recipe.iou_weight`` -- and the index (N,) of the candidate inference keeps: best predicted IoU).
+    ``generator`` draws the sample points.
     """
     from tscope.model.architecture import upsample_logits
 
@@ -112,7 +117,7 @@ def candidate_seg_loss(candidates: torch.Tensor, iou_pred: torch.Tensor, target:
         truth = target.float()
         logits = upsample_logits(pool.flatten(0, 1), tuple(target.shape[-2:]), video_side)
     truth = truth[:, None].expand(n, k, *truth.shape[-2:]).flatten(0, 1)
-    bce, dice = (t.view(n, k) for t in mask_terms(logits, truth, recipe))
+    bce, dice = (t.view(n, k) for t in mask_terms(logits, truth, recipe, generator))
     per = recipe.bce_weight * bce + recipe.dice_weight * dice
     choice = per.detach().argmin(1)  # a single column for "predicted"
     loss = per[rows, choice].mean()

@@ -4,9 +4,10 @@ Per optimizer step: the step's global batch (a seeded permutation per epoch,
 :func:`tscope.train.schedule.batch_indices`) is split across processes; each forwards its samples one
 at a time (:class:`~tscope.train.forward.TeacherForcing`) and accumulates gradients, scaled so the
 update is the mean over the global batch; then gradient clipping and Adam(W) with the learning rate
-of :func:`tscope.train.schedule.lr_at`. torch's RNG (dropout, the mask loss's point sampling) is
-reseeded from (seed, step) every step, so ``--resume`` from a checkpoint reproduces the uninterrupted
-run exactly (same data order, same schedule, same randomness).
+of :func:`tscope.train.schedule.lr_at`. Dropout is reseeded from (seed, step) every step and the mask
+loss's point sampling from (seed, step, sample), so ``--resume`` from a checkpoint reproduces the
+uninterrupted run exactly (same data order, same schedule, same randomness), and the points of a sample
+do not depend on how the batch is split across processes.
 
 Outputs under ``OUT``: ``metrics.jsonl`` (one JSON object per step, plus ``"eval"`` lines),
 ``checkpoints/step-N/`` (:mod:`tscope.train.checkpoint`), ``model/`` (the final model, native layout),
@@ -212,7 +213,8 @@ def train(config: TrainConfig, resume: bool = False, on_step: StepCallback | Non
                 except TooLong as exc:
                     log.warning("%s; skipped", exc)
                     plan = None
-                result = wrapped(sample, plan) if plan is not None else None
+                seed = (config.seed * 1_000_003 + step) * 1_000_003 + index  # per sample: see TeacherForcing
+                result = wrapped(sample, plan, seed % 2**63) if plan is not None else None
                 usable = result is not None and result["loss"].requires_grad  # stage 1 without [SEG]: nothing
                 acc.backward((result["loss"] * scale) if usable else wrapped(None)["loss"])
             if result is None:
