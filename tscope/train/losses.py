@@ -1,6 +1,6 @@
 """Training losses: LM cross-entropy over labelled tokens, and the mask loss (BCE + Dice).
 
-The mask loss reproduces the release's (``VideoLLaVASAMModel.forward`` with ``loss_sample_points=True``):
+The mask loss reproduces the release's (``VideoLLaVASAMModel_zero3.forward``, ``loss_sample_points=True``):
 SAM-2's multimask output keeps the candidate with the best *predicted* IoU; its low-res logits are compared
 with the ground truth resized (nearest) to the same grid, on 12544 points per mask drawn as Mask2Former
 does (:func:`uncertain_points`: 3x oversampled uniform points, the 75% most uncertain -- logit nearest 0 --
