@@ -248,8 +248,9 @@ class BatchSummary:
 def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
     from distributed import Client, LocalCluster
 
-    # Dask logs every worker start and stop at INFO: keep them at tscope's level or quieter.
-    level = max(logging.WARNING, log.getEffectiveLevel())
+    # Dask logs every worker start and stop at INFO, and its shutdown noise at WARNING: quieter than
+    # tscope's own level, unless -v asked for them (see tscope.cli.options.route_library_messages).
+    level = max(logging.WARNING, log.getEffectiveLevel(), logging.getLogger("distributed").getEffectiveLevel())
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker",
                  "distributed.core", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(level)
