@@ -21,6 +21,7 @@ import rasterio.shutil
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
+from tscope.errors import InputError
 from tscope.geo.grid import Grid
 from tscope.geo.mask import Mask
 from tscope.geo.polygons import Polygons, mask_polygons
@@ -99,8 +100,13 @@ class Outputs:
             missing.append(probe)
             probe = probe.parent
         for path in reversed(missing):
-            path.mkdir(exist_ok=True)
+            try:
+                path.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create the folder {path}: {exc.strerror}") from None
             self.dirs.append(path)
+        if not folder.is_dir():
+            raise InputError(f"{folder} is not a folder")
         return folder
 
     def add(self, path: str | Path) -> Path:
