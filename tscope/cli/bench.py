@@ -9,6 +9,7 @@ import typer
 from tscope.cli.data import ChipOption, ClassesOption, FootprintsOption, LabelsOption, require_bench_extra
 from tscope.cli.options import JsonOption, OverwriteOption, print_json, progress_bar
 from tscope.errors import InputError
+from tscope.geo.writers import rollback_on_failure
 
 app = typer.Typer(help="TerraScope-Bench: build samples (build) and evaluate a backend (eval).", no_args_is_help=True)
 
@@ -89,12 +90,14 @@ def evaluate_command(
         name = f"TerraScope ({model.name})"
     else:
         raise InputError(f"unknown backend {backend!r}; choose spectral or terrascope")
-    out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     if restart and results.exists():
         results.unlink()
     chosen = [t for t in tasks.split(",")] if tasks else None
-    with progress_bar("evaluating", quiet=quiet) as progress:
+    # Results of scored samples stay for the next run to resume from; a run that fails before scoring
+    # any (a bad bench file) leaves no empty folder.
+    with rollback_on_failure() as made, progress_bar("evaluating", quiet=quiet) as progress:
+        made.mkdir(out)
         records = evaluate(bench, answerer, results, tasks=chosen, limit=limit, progress=progress)
     summary = summarise(records, name)
     paths = write_report(summary, out)
