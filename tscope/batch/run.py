@@ -92,7 +92,8 @@ def read_aois(path: str | Path) -> list[tuple[str, dict]]:
     aois, seen = [], set()
     for n, (_, row) in enumerate(frame.iterrows()):
         geom = row.geometry
-        if geom is None or geom.is_empty or geom.area == 0:
+        # A null geometry comes back as None or NaN, depending on the reader.
+        if not hasattr(geom, "is_empty") or geom.is_empty or geom.area == 0:
             raise InputError(f"{path}: feature {n + 1} is not a polygon with an area")
         ident = next((row[k] for k in ("id", "aoi_id", "name") if k in frame.columns and _present(row[k])), None)
         if ident is None and n < len(raw_ids) and raw_ids[n] is not None:

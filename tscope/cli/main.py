@@ -66,6 +66,11 @@ for _name, _module in COMMANDS.items():
         app.command(_name)(_mod.command)
 
 
+def _one_line(message: object) -> str:
+    """Library messages (YAML, GDAL) span lines; the error is always one line."""
+    return " ".join(str(message).split())
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
@@ -94,12 +99,12 @@ def run(argv: list[str] | None = None) -> int:
             return 2
         ctx = getattr(exc, "ctx", None)
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        print(f"tscope: error: {exc.format_message()}{hint}", file=sys.stderr)
+        print(f"tscope: error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except TscopeError as exc:
         if debug:
             logging.getLogger("tscope").exception("failed")
-        print(f"tscope: error: {exc}", file=sys.stderr)
+        print(f"tscope: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -108,7 +113,8 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, exit 1
         if debug:
             raise
-        print(f"tscope: error: {type(exc).__name__}: {exc} (set TSCOPE_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"tscope: error: {type(exc).__name__}: {_one_line(exc)} (set TSCOPE_DEBUG=1 for a traceback)",
+              file=sys.stderr)
         return 1
     finally:
         for signum, handler in previous.items():

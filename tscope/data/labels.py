@@ -107,7 +107,7 @@ def load_class_table(label_path: str | Path, spec: str | Path | None = None) -> 
                 value, _, name = line.replace(",", " ", 1).partition(" ")
                 pairs.append((value, name))
         return _parse_pairs(pairs, str(path))
-    with rasterio.open(label_path) as src:
+    with _open_labels(label_path) as src:
         tag = src.tags().get("CLASSES")
     if not tag:
         raise InputError(f"{label_path}: no CLASSES tag; give a class table with --classes")
@@ -117,16 +117,20 @@ def load_class_table(label_path: str | Path, spec: str | Path | None = None) -> 
     return _parse_pairs(pairs, f"{label_path} CLASSES tag")
 
 
-def read_labels(label_path: str | Path, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """The label raster on ``grid`` (nearest neighbour): (int32 values, bool valid)."""
-    path = Path(label_path)
+def _open_labels(path: str | Path) -> rasterio.DatasetReader:
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such label raster")
     try:
-        src = rasterio.open(path)
+        return rasterio.open(path)
     except RasterioIOError:
         raise InputError(f"{path}: not a label raster rasterio can open") from None
-    with src:
+
+
+def read_labels(label_path: str | Path, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The label raster on ``grid`` (nearest neighbour): (int32 values, bool valid)."""
+    path = Path(label_path)
+    with _open_labels(path) as src:
         if src.crs is None:
             raise InputError(f"{path}: the label raster has no CRS")
         nodata = src.nodata
