@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -277,8 +279,26 @@ def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
             return Client(scheduler, timeout=30), None
         except (OSError, TimeoutError) as exc:
             raise RuntimeFailure(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with _workers_ignore_ctrl_c():
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
     return Client(cluster), cluster
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT (an ignored signal survives exec).
+
+    A terminal's Ctrl-C reaches the whole process group: the driver alone must handle it and stop the
+    cluster, not every worker with its own KeyboardInterrupt traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_batch(aois_path: str | Path, config: BatchConfig, out: str | Path, *, workers: int = 2,

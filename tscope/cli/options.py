@@ -48,6 +48,8 @@ def route_library_messages(verbosity: int) -> None:
     for name in ("rasterio", "fiona", "pyogrio", "distributed", "urllib3", "httpx", "pystac_client"):
         logging.getLogger(name).setLevel(logging.INFO if verbosity >= 2 else logging.WARNING if shown
                                          else logging.CRITICAL)
+    # Read by Dask when imported, in the driver and in every worker process it starts.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbosity >= 2 else "warning" if shown else "error")
     # Read by transformers and huggingface_hub when (lazily) imported.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbosity >= 2 else "warning" if shown else "error")
     if not shown:
