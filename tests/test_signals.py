@@ -57,8 +57,9 @@ def _wait_for(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
 def _reading(proc: subprocess.Popen, path: Path):
     """True while ``proc`` has ``path`` open: the scene is being read, the work is under way."""
     def check() -> bool:
+        fds = f"/proc/{proc.pid}/fd"
         try:
-            return any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{proc.pid}/fd"))
+            return any(os.readlink(f"{fds}/{fd}") == str(path) for fd in os.listdir(fds))
         except OSError:
             return False
     return check
