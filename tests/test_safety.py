@@ -157,9 +157,8 @@ def test_native_loader_never_unpickles(tmp_path, monkeypatch):
         raise AssertionError("torch.load was called on a pickle")
 
     monkeypatch.setattr(torch, "load", refuse)
-    with pytest.raises((InputError, OSError)) as info:
+    with pytest.raises(InputError, match="safetensors"):
         load_terrascope(path, dtype="fp32", device="cpu")
-    assert "torch.load" not in str(info.value)
 
 
 def test_library_warnings_go_to_the_log(tmp_path):

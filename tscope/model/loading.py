@@ -383,8 +383,12 @@ def load_terrascope(path: str | Path, dtype: str = "bf16", device: str = "auto",
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "use_safetensors": True}
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
-    internvl = InternVLForConditionalGeneration.from_pretrained(str(path / "internvl"), **kwargs)
-    sam2 = Sam2Model.from_pretrained(str(path / "sam2"), dtype=torch_dtype, use_safetensors=True)
+    try:
+        internvl = InternVLForConditionalGeneration.from_pretrained(str(path / "internvl"), **kwargs)
+        sam2 = Sam2Model.from_pretrained(str(path / "sam2"), dtype=torch_dtype, use_safetensors=True)
+    except OSError as exc:
+        # transformers' "no file named model.safetensors" and unreadable weights: the folder's fault.
+        raise InputError(f"--model {path}: {' '.join(str(exc).split())[:300]}") from None
     model = TerraScopeModel(config, internvl=internvl, sam2=sam2)
     seg = load_safetensors(path / "seg_head.safetensors")
     result = model.seg_head.load_state_dict(seg, strict=False)
