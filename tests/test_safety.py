@@ -181,7 +181,7 @@ def test_failed_fetch_leaves_no_folder(tmp_path):
         server.faults.errors["/assets/"] = [404] * 500
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         result = subprocess.run(
-            [sys.executable, "-m", "tscope", "fetch", "--bbox", "14.55", "45.85", "14.56", "45.86", "--datetime",
+            [sys.executable, "-m", "tscope", "fetch", "--bbox", "14.553", "45.867", "14.562", "45.873", "--datetime",
              "2015-08-01/2015-09-01", "--catalog", server.url, "--out", str(out), "--retries", "0"],
             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr

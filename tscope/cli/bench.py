@@ -76,6 +76,8 @@ def evaluate_command(
         raise InputError(f"--out {out} exists and is not a folder")
     if not bench.exists():
         raise InputError(f"{bench}: no such bench file")
+    if backend == "spectral" and (model is not None or quant != "none" or dtype != "bf16" or device != "auto"):
+        raise InputError("--model, --quant, --dtype and --device apply to --backend terrascope only")
     if backend == "spectral":
         answerer = SpectralAnswerer(bench.resolve().parent)
         name = "spectral"

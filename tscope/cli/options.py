@@ -45,7 +45,7 @@ def route_library_messages(verbosity: int) -> None:
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if shown else logging.CRITICAL)
     # rasterio/fiona log GDAL's CPLE messages (errors included, which they also raise) on these loggers.
-    for name in ("rasterio", "fiona", "pyogrio", "distributed", "urllib3", "httpx", "pystac_client"):
+    for name in ("rasterio", "fiona", "pyogrio", "odc", "distributed", "urllib3", "httpx", "pystac_client"):
         logging.getLogger(name).setLevel(logging.INFO if verbosity >= 2 else logging.WARNING if shown
                                          else logging.CRITICAL)
     # Read by Dask when imported, in the driver and in every worker process it starts.
