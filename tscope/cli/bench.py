@@ -9,7 +9,6 @@ import typer
 from tscope.cli.data import ChipOption, ClassesOption, FootprintsOption, LabelsOption, require_bench_extra
 from tscope.cli.options import JsonOption, OverwriteOption, print_json, progress_bar
 from tscope.errors import InputError
-from tscope.geo.writers import rollback_on_failure
 
 app = typer.Typer(help="TerraScope-Bench: build samples (build) and evaluate a backend (eval).", no_args_is_help=True)
 
@@ -70,6 +69,7 @@ def evaluate_command(
     require_bench_extra()
     from tscope.bench.evaluate import SpectralAnswerer, evaluate
     from tscope.bench.report import summarise, write_report
+    from tscope.geo.writers import rollback_on_failure
 
     out = out or bench.with_name(f"{bench.stem}_{backend}")
     if out.exists() and not out.is_dir():
