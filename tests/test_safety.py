@@ -187,3 +187,16 @@ def test_failed_fetch_leaves_no_folder(tmp_path):
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("tscope: error:")
     assert not (tmp_path / "deep").exists()
+
+
+def test_atomic_file_and_folder_writes_respect_the_umask(tmp_path):
+    from tscope.geo.writers import atomic_dir, atomic_path
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    with atomic_path(tmp_path / "file.json") as tmp:
+        tmp.write_text("{}")
+    with atomic_dir(tmp_path / "checkpoint") as tmp:
+        (tmp / "weights.safetensors").write_bytes(b"")
+    assert stat.S_IMODE((tmp_path / "file.json").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "checkpoint").stat().st_mode) == 0o777 & ~mask

@@ -145,6 +145,7 @@ def atomic_dir(dst: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; a plain mkdir would not
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)
