@@ -11,6 +11,7 @@ Everything that turns pixels into metres lives here, so areas and distances are 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
