@@ -76,6 +76,7 @@ def test_cli_change_pair_with_terrascope(native, joplin_pair, tmp_path):
                      "--model", native, "--dtype", "fp32", "--device", "cpu", "--json", "--out", tmp_path / "o",
                      cwd=ROOT)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no transformers warnings or progress bars: only tscope speaks on stderr
     data = json.loads(result.stdout)
     assert {m["frame"] for m in data["masks"].values()} == {"t1", "t2"}
     assert "net_m2" in data["numbers"]

@@ -17,3 +17,12 @@ class RuntimeFailure(TscopeError):
     """Valid input, but the work failed (exit code 1)."""
 
     exit_code = 1
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: a BaseException, so no ``except Exception`` swallows it, and the
+    CLI exits with 128 + the signal number after every cleanup has run."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

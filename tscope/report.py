@@ -6,6 +6,7 @@ and ``OUT/answer.json``. ``answer.json`` is written last, so its presence marks 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from tscope.geo import writers
 from tscope.geo.polygons import MAX_FEATURES, MAX_TRACE_PIXELS, MAX_VERTICES, PRECISION_DEG, Polygons
 from tscope.geo.preview import Preview, preview_bands, scene_preview
 from tscope.geo.scene import Scene
+from tscope.geo.writers import sweep_partials
 from tscope.reason.trace import Trace
 
 # One colour per class, the same in every frame: saturated hues that natural scenes do not have
@@ -38,6 +40,12 @@ def default_out_dir(scene_path: str | Path, question: str) -> Path:
     return Path(f"{Path(scene_path).stem}_{slug}")
 
 
+FIXED_OUTPUTS = ("answer.json", "answer.md", "masks.geojson", "quicklook.png", "quicklook_t1.png",
+                 "quicklook_t2.png")
+# Written before any output and removed after answer.json: what a killed run may have left behind.
+PENDING = ".tscope-pending.json"
+
+
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     """Check ``out`` can take the outputs before any work, creating nothing, so a bad --out fails fast."""
     if out.exists() and not out.is_dir():
@@ -49,17 +57,60 @@ def prepare_out_dir(out: Path, overwrite: bool) -> Path:
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(f"cannot write to --out {out}: {ancestor} is not a writable folder")
+    _refuse_foreign(out, FIXED_OUTPUTS)
     return out
 
 
-def remove_previous_outputs(out: Path) -> None:
-    """Delete what an earlier ``ask`` wrote in ``out`` (and nothing else)."""
-    for name in ("answer.json", "answer.md", "masks.geojson", "quicklook.png", "quicklook_t1.png",
-                 "quicklook_t2.png"):
-        (out / name).unlink(missing_ok=True)
-    if (out / "masks").is_dir():
-        for tif in (out / "masks").glob("*.tif"):
-            tif.unlink()
+def _inside(out: Path, rel: object) -> str | None:
+    """``rel`` as a path relative to ``out`` if it names a file directly in ``out`` or ``out/masks``."""
+    if not isinstance(rel, str) or not rel:
+        return None
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or not (len(parts) == 1 or (len(parts) == 2 and parts[0] == "masks")):
+        return None
+    return rel
+
+
+def owned_outputs(out: Path) -> set[str]:
+    """Files in ``out`` that tscope can prove it wrote: listed by its answer.json or its pending record."""
+    owned: set[str] = set()
+    try:
+        answer = json.loads((out / "answer.json").read_text(encoding="utf-8"))
+        outputs = answer.get("outputs", {})
+        names = [v for k, v in outputs.items() if k in ("geojson", "report", "json")]
+        names += str(outputs.get("quicklook", "")).split(",")
+        names += [m.get("file") for m in answer.get("masks", {}).values()]
+        owned |= {n for n in names if _inside(out, n)}
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        owned |= {n for n in json.loads((out / PENDING).read_text(encoding="utf-8")) if _inside(out, n)}
+    except (OSError, ValueError, TypeError):
+        pass
+    if (out / "answer.json").is_file():
+        owned.add("answer.json")
+    return owned
+
+
+def _refuse_foreign(out: Path, names: Sequence[str]) -> None:
+    """InputError if writing ``names`` in ``out`` would replace a file tscope did not write."""
+    if (out / "masks").is_symlink() or ((out / "masks").exists() and not (out / "masks").is_dir()):
+        raise InputError(f"{out / 'masks'} is not a folder (a link or a file): tscope writes its masks only into"
+                         " a real masks/ folder; move it or choose another --out")
+    owned = owned_outputs(out)
+    foreign = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
+    foreign = [n for n in foreign if n not in owned or (out / n).is_symlink()]
+    if foreign:
+        raise InputError(f"{out / foreign[0]} exists and was not written by tscope; move it or choose another"
+                         " --out (tscope never replaces files it did not write)")
+
+
+def _remove_owned(out: Path, owned: set[str]) -> None:
+    """Delete what an earlier ``ask`` wrote in ``out`` (and nothing else); answer.json first."""
+    for rel in sorted(owned, key=lambda n: n != "answer.json"):
+        path = out / rel
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -255,10 +306,26 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     """Write all outputs of ``trace`` into ``out`` (prepared by :func:`prepare_out_dir`).
 
     Outputs of an earlier answer in ``out`` are removed first, ``answer.json`` (the completion
-    marker) before anything else, so the folder never mixes two answers.
+    marker) before anything else, so the folder never mixes two answers. Only files tscope can prove
+    it wrote are removed or replaced; a failed or interrupted run removes what it wrote itself.
     """
-    remove_previous_outputs(out)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    masks = {mask_id: f"masks/{mask_id}.tif" for mask_id in trace.masks}
+    targets = [*FIXED_OUTPUTS, *masks.values()]
+    _refuse_foreign(out, targets)
+    sweep_partials(out)
+    sweep_partials(out / "masks")
+    with writers.rollback_on_failure() as made:
+        made.mkdir(out / "masks")
+        owned = owned_outputs(out)
+        made.add(writers.write_json(out / PENDING, sorted(owned | set(targets))))
+        _remove_owned(out, owned)
+        _write_all(trace, scenes, out, masks, made)
+        (out / PENDING).unlink()
+    return trace.outputs
+
+
+def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str, str],
+               made: writers.Outputs) -> None:
     legend = []
     layers = []
     colours = class_colours(trace)
@@ -267,12 +334,17 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     with ThreadPoolExecutor(max_workers=1) as pool:
         cogs = []
         for mask_id, mask in trace.masks.items():
-            rel = f"masks/{mask_id}.tif"
-            cogs.append(pool.submit(writers.write_mask_cog, out / rel, mask))
+            rel = masks[mask_id]
+            cogs.append(pool.submit(writers.write_mask_cog, made.add(out / rel), mask))
             trace.outputs[f"mask:{mask_id}"] = rel
             legend.append((mask_id, rel, colours[mask.label]))
             layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
-        written = writers.write_geojson_features(out / "masks.geojson", layers)
+        try:
+            written = writers.write_geojson_features(made.add(out / "masks.geojson"), layers)
+        finally:
+            for future in cogs:
+                if not future.cancel():
+                    future.exception()  # wait: the writer thread must be done before a rollback
         for future in cogs:
             future.result()
     trace.notes.extend(_vector_notes(written))
@@ -281,12 +353,11 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     for scene in scenes:
         name = "quicklook.png" if len(scenes) == 1 else f"quicklook_{scene.frame}.png"
         image = quicklook(scene, trace, scene.frame)
-        with writers.atomic_path(out / name) as tmp:
+        with writers.atomic_path(made.add(out / name)) as tmp:
             image.save(tmp, format="PNG", compress_level=1)  # 5x faster than the default level, ~20 % larger
         quicklooks.append(name)
     trace.outputs["quicklook"] = ",".join(quicklooks)
     trace.outputs["report"] = "answer.md"
     trace.outputs["json"] = "answer.json"
-    writers.write_text(out / "answer.md", _markdown(trace, quicklooks, legend))
-    writers.write_json(out / "answer.json", trace.to_dict())
-    return trace.outputs
+    writers.write_text(made.add(out / "answer.md"), _markdown(trace, quicklooks, legend))
+    writers.write_json(made.add(out / "answer.json"), trace.to_dict())

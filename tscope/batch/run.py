@@ -1,11 +1,13 @@
 """``batch``: for each AOI, fetch -> stack -> ask, in parallel on Dask, resumable after any kill.
 
-Layout of ``DIR``: ``manifest.json``; per AOI ``DIR/<aoi-id>/`` with ``scenes/t1/`` (and ``t2/``)
-from fetch, ``stack/`` for a pre/post pair, ``answers/qNN-<slug>/`` from ask, and ``aoi.json``.
+Layout of ``DIR``: ``manifest.json``; per AOI ``DIR/aois/<aoi-id>/`` with ``scenes/t1/`` (and
+``t2/``) from fetch, ``stack/`` for a pre/post pair, ``answers/qNN-<slug>/`` from ask, and
+``aoi.json``. AOI folders live in ``aois/`` and staging in ``.staging/aois/``, apart from tscope's own
+files (``manifest.json``, ``.staging/locks/``), so no AOI id (``manifest.json``, ``locks``) can meet them.
 
-Crash safety: an AOI is built in ``DIR/.staging/<aoi-id>/`` and renamed onto ``DIR/<aoi-id>`` when
-complete; that rename is the commit. While it is built, ``DIR/<aoi-id>`` is a symbolic link to the
-staging folder, so the scene paths recorded by ``ask`` are the final ones. A rerun treats a real
+Crash safety: an AOI is built in ``DIR/.staging/aois/<aoi-id>/`` and renamed onto ``DIR/aois/<aoi-id>``
+when complete; that rename is the commit. While it is built, ``DIR/aois/<aoi-id>`` is a symbolic link
+to the staging folder, so the scene paths recorded by ``ask`` are the final ones. A rerun treats a real
 folder with ``aoi.json`` as done, and clears a link or a staging folder left by a killed run. Each
 AOI holds an exclusive lock (``flock``, released by the kernel when its process dies) so a worker
 orphaned by a killed run and the rerun never build the same AOI at once.
@@ -20,6 +22,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,13 +33,14 @@ from typing import Any
 from tscope import __version__
 from tscope.errors import InputError, RuntimeFailure, TscopeError
 from tscope.geo.vector import read_vector_wgs84
-from tscope.geo.writers import write_json
+from tscope.geo.writers import rollback_on_failure, write_json
 from tscope.stac.http import NetworkPolicy
 from tscope.stac.load import LoadOptions
 from tscope.stac.names import safe_name
 
 log = logging.getLogger("tscope")
 STAGING = ".staging"
+AOIS = "aois"
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class BatchConfig:
             raise InputError("give --datetime once (one scene) or twice (before and after)")
         for text in self.datetimes:
             parse_datetime(text)
+        from tscope.reason.query import parse_query
+
+        # Every question is checked before anything is fetched: a typo fails in a second, not per AOI.
+        for question in self.questions:
+            parse_query(question, n_scenes=len(self.datetimes))
 
     def fingerprint(self) -> dict:
         """The JSON-stable form recorded in the manifest (network policy excluded: it changes no output)."""
@@ -84,13 +94,14 @@ def read_aois(path: str | Path) -> list[tuple[str, dict]]:
     aois, seen = [], set()
     for n, (_, row) in enumerate(frame.iterrows()):
         geom = row.geometry
-        if geom is None or geom.is_empty or geom.area == 0:
+        # A null geometry comes back as None or NaN, depending on the reader.
+        if not hasattr(geom, "is_empty") or geom.is_empty or geom.area == 0:
             raise InputError(f"{path}: feature {n + 1} is not a polygon with an area")
         ident = next((row[k] for k in ("id", "aoi_id", "name") if k in frame.columns and _present(row[k])), None)
         if ident is None and n < len(raw_ids) and raw_ids[n] is not None:
             ident = raw_ids[n]
         aoi_id = safe_name(ident if ident is not None else f"aoi-{n + 1:03d}")
-        if aoi_id in seen or aoi_id == STAGING.strip("."):
+        if aoi_id in seen:
             raise InputError(f"{path}: AOI id {aoi_id!r} is used twice")
         seen.add(aoi_id)
         aois.append((aoi_id, dict(mapping(geom))))
@@ -132,7 +143,7 @@ def question_slug(index: int, question: str) -> str:
 
 @contextlib.contextmanager
 def _aoi_lock(out: Path, aoi_id: str) -> Iterator[None]:
-    locks = out / STAGING / "locks"
+    locks = out / STAGING / "locks"  # beside .staging/aois/, never inside an AOI's namespace
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{aoi_id}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -140,6 +151,14 @@ def _aoi_lock(out: Path, aoi_id: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _final(out: Path, aoi_id: str) -> Path:
+    return out / AOIS / aoi_id
+
+
+def _staging(out: Path, aoi_id: str) -> Path:
+    return out / STAGING / AOIS / aoi_id
 
 
 def _complete(final: Path) -> dict | None:
@@ -161,7 +180,7 @@ def _clear(final: Path, staging: Path) -> None:
 def run_aoi(aoi_id: str, geometry: dict, config: BatchConfig, out: str) -> dict:
     """Build one AOI's outputs and commit them; returns its manifest entry (never raises for AOI failures)."""
     out_dir = Path(out).absolute()
-    final, staging = out_dir / aoi_id, out_dir / STAGING / aoi_id
+    final, staging = _final(out_dir, aoi_id), _staging(out_dir, aoi_id)
     started = time.monotonic()
     with _aoi_lock(out_dir, aoi_id):
         record = _complete(final)
@@ -169,7 +188,8 @@ def run_aoi(aoi_id: str, geometry: dict, config: BatchConfig, out: str) -> dict:
             return record | {"seconds": 0.0}
         _clear(final, staging)
         staging.mkdir(parents=True)
-        final.symlink_to(Path(STAGING) / aoi_id, target_is_directory=True)
+        final.parent.mkdir(exist_ok=True)
+        final.symlink_to(Path("..") / STAGING / AOIS / aoi_id, target_is_directory=True)
         try:
             record = _build(aoi_id, geometry, config, final)
             write_json(final / "aoi.json", record)
@@ -248,8 +268,9 @@ class BatchSummary:
 def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
     from distributed import Client, LocalCluster
 
-    # Dask logs every worker start and stop at INFO: keep them at tscope's level or quieter.
-    level = max(logging.WARNING, log.getEffectiveLevel())
+    # Dask logs every worker start and stop at INFO, and its shutdown noise at WARNING: quieter than
+    # tscope's own level, unless -v asked for them (see tscope.cli.options.route_library_messages).
+    level = max(logging.WARNING, log.getEffectiveLevel(), logging.getLogger("distributed").getEffectiveLevel())
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker",
                  "distributed.core", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(level)
@@ -258,10 +279,26 @@ def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
             return Client(scheduler, timeout=30), None
         except (OSError, TimeoutError) as exc:
             raise RuntimeFailure(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    if workers < 1:
-        raise InputError("--workers must be at least 1")
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with _workers_ignore_ctrl_c():
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
     return Client(cluster), cluster
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT (an ignored signal survives exec).
+
+    A terminal's Ctrl-C reaches the whole process group: the driver alone must handle it and stop the
+    cluster, not every worker with its own KeyboardInterrupt traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_batch(aois_path: str | Path, config: BatchConfig, out: str | Path, *, workers: int = 2,
@@ -274,12 +311,17 @@ def run_batch(aois_path: str | Path, config: BatchConfig, out: str | Path, *, wo
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = open_manifest(out, config.fingerprint(), restart=overwrite)
-    if overwrite:
-        for aoi_id, _ in aois:
-            _clear(out / aoi_id, out / STAGING / aoi_id)
-    todo = [(a, g) for a, g in aois if not (manifest.done(a) and _complete(out / a) is not None)]
+    if scheduler is None and workers < 1:
+        raise InputError("--workers must be at least 1")
+    with rollback_on_failure() as made:  # a run that fails before any work leaves no empty folder
+        made.mkdir(out)
+        manifest = open_manifest(out, config.fingerprint(), restart=overwrite)
+        if overwrite:
+            for aoi_id, _ in aois:
+                _clear(_final(out, aoi_id), _staging(out, aoi_id))
+        # Recorded before any AOI starts, so an interrupted run is resumed by the next, not refused.
+        manifest.save()
+    todo = [(a, g) for a, g in aois if not (manifest.done(a) and _complete(_final(out, a)) is not None)]
     skipped = [a for a, _ in aois if a not in {t for t, _ in todo}]
     results = {a: manifest.aois[a] for a in skipped}
     if todo:

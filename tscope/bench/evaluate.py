@@ -296,9 +296,12 @@ def evaluate(bench: str | Path, answerer: Any, results: str | Path, *, tasks: Se
     # answerer: rebuilding the bench with another seed keeps the ids but not the questions.
     done = {r["id"]: r for r in load_results(results) if marks.get(r["id"]) == r.get("fingerprint")}
     todo = [s for s in samples if s.id not in done]
-    with open(results, "a", encoding="utf-8") as out:
+    out = None
+    try:
         for i, sample in enumerate(todo):
             record = score(sample, answerer) | {"fingerprint": marks[sample.id]}
+            # Opened at the first record: a run that scores nothing leaves no empty file behind.
+            out = out or open(results, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
             # One write per record, flushed and synced: a crash loses at most the line being written.
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
@@ -306,4 +309,7 @@ def evaluate(bench: str | Path, answerer: Any, results: str | Path, *, tasks: Se
             done[sample.id] = record
             if progress:
                 progress(i + 1, len(todo))
+    finally:
+        if out is not None:
+            out.close()
     return [done[s.id] for s in samples]

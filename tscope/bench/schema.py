@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tscope.data import rle
 from tscope.errors import InputError
 from tscope.geo.writers import atomic_path
+from tscope.limits import check_pixels
 
 TASK_TYPES = {
     "CA": "coverage_percentage",
@@ -124,7 +126,16 @@ def parse_row(row: int, record: dict) -> BenchSample:
     for i, item in enumerate(_json_cell(record.get("gt_masks"), row, "gt_masks") or []):
         if not isinstance(item, dict) or not isinstance(item.get("rle"), dict):
             raise InputError(f"row {row}: gt_masks[{i}] must be {{label, frame, rle}}")
+        try:
+            rle.check(item["rle"])
+        except ValueError as exc:
+            raise InputError(f"row {row}: gt_masks[{i}]: {exc}") from None
         masks.append(GTMask(str(item.get("label", "")), str(item.get("frame", "t1")), item["rle"]))
+    grid = _json_cell(record.get("grid"), row, "grid")
+    if grid is not None:
+        if not isinstance(grid, dict) or not {"crs", "transform", "width", "height"} <= set(grid):
+            raise InputError(f"row {row}: grid must be {{crs, transform, width, height}}")
+        check_pixels(grid["width"], grid["height"], f"row {row}: grid")
     return BenchSample(
         row=row,
         # The official rows have no id and several questions share an image: the row index is the key.
@@ -138,7 +149,7 @@ def parse_row(row: int, record: dict) -> BenchSample:
         post_image=post_bytes,
         source=record.get("source") or None,
         post_source=record.get("post_source") or None,
-        grid=_json_cell(record.get("grid"), row, "grid"),
+        grid=grid,
         gt_masks=masks,
         answer_value=_json_cell(record.get("answer_value"), row, "answer_value"),
         unit=record.get("unit") or None,
@@ -159,7 +170,10 @@ def read_bench(path: str | Path) -> list[BenchSample]:
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise InputError(f"{path}: not a TerraScope-Bench parquet, missing column(s) {', '.join(missing)}")
-    return [parse_row(i, record) for i, record in enumerate(table.to_pylist())]
+    try:
+        return [parse_row(i, record) for i, record in enumerate(table.to_pylist())]
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def write_bench(rows: list[dict], path: str | Path) -> Path:

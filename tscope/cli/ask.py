@@ -52,6 +52,17 @@ def command(
     *scenes, question = args
     read_options = ReadOptions(bands=bands, sensor=sensor, l2a_offset=l2a_offset, sar_format=sar_format,
                                nodata=nodata, assume_crs=assume_crs)
+    from tscope.model.quantize import QUANT_CHOICES
+
+    if quant not in QUANT_CHOICES:
+        raise InputError(f"--quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
+    if backend != "terrascope":
+        # Accepting them silently would let a user believe a quantised VLM answered.
+        given = [name for name, value, default in (("--model", model, None), ("--quant", quant, "none"),
+                                                   ("--dtype", dtype, "bf16"), ("--device", device, "auto"))
+                 if value != default]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to --backend terrascope only (this is --backend {backend})")
     if backend == "terrascope":
         if model is None:
             raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")

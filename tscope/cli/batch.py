@@ -16,7 +16,7 @@ def command(
     questions: Path = typer.Option(None, "--questions", help="A file of questions, one per line (# comments)."),
     datetime: list[str] = typer.Option(..., "--datetime",
                                        help="START/END; give it twice for a before/after pair."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/<aoi-id>/ and DIR/manifest.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/aois/<aoi-id>/ and DIR/manifest.json."),
     collection: str = typer.Option("s2-l2a", "--collection", help="s2-l2a, s1, or a STAC collection id."),
     catalog: str = typer.Option("earth-search", "--catalog",
                                 help="earth-search, planetary-computer, cdse, or a STAC API URL."),

@@ -69,12 +69,15 @@ def evaluate_command(
     require_bench_extra()
     from tscope.bench.evaluate import SpectralAnswerer, evaluate
     from tscope.bench.report import summarise, write_report
+    from tscope.geo.writers import rollback_on_failure
 
     out = out or bench.with_name(f"{bench.stem}_{backend}")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     if not bench.exists():
         raise InputError(f"{bench}: no such bench file")
+    if backend == "spectral" and (model is not None or quant != "none" or dtype != "bf16" or device != "auto"):
+        raise InputError("--model, --quant, --dtype and --device apply to --backend terrascope only")
     if backend == "spectral":
         answerer = SpectralAnswerer(bench.resolve().parent)
         name = "spectral"
@@ -89,12 +92,14 @@ def evaluate_command(
         name = f"TerraScope ({model.name})"
     else:
         raise InputError(f"unknown backend {backend!r}; choose spectral or terrascope")
-    out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     if restart and results.exists():
         results.unlink()
     chosen = [t for t in tasks.split(",")] if tasks else None
-    with progress_bar("evaluating", quiet=quiet) as progress:
+    # Results of scored samples stay for the next run to resume from; a run that fails before scoring
+    # any (a bad bench file) leaves no empty folder.
+    with rollback_on_failure() as made, progress_bar("evaluating", quiet=quiet) as progress:
+        made.mkdir(out)
         records = evaluate(bench, answerer, results, tasks=chosen, limit=limit, progress=progress)
     summary = summarise(records, name)
     paths = write_report(summary, out)

@@ -12,7 +12,7 @@ from tscope.errors import InputError
 
 def command(
     bbox: tuple[float, float, float, float] = typer.Option(
-        (None, None, None, None), "--bbox", metavar="MINX MINY MAXX MAXY",
+        None, "--bbox", metavar="MINX MINY MAXX MAXY",
         help="AOI bounding box (EPSG:4326 unless --bbox-crs)."),
     bbox_crs: str = typer.Option("EPSG:4326", "--bbox-crs", help="CRS of --bbox."),
     aoi: Path = typer.Option(None, "--aoi", help="AOI as a vector file (GeoJSON, GeoPackage...): its union."),

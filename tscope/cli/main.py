@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 
 import typer
 
 from tscope import __version__
 from tscope.cli.options import setup_logging
-from tscope.errors import TscopeError
+from tscope.errors import Interrupted, TscopeError
 
 # name -> module; keep sorted by how users meet them.
 COMMANDS = {
@@ -65,19 +66,31 @@ for _name, _module in COMMANDS.items():
         app.command(_name)(_mod.command)
 
 
+def _one_line(message: object) -> str:
+    """Library messages (YAML, GDAL) span lines; the error is always one line."""
+    return " ".join(str(message).split())
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Console-script entry: one line on stderr for any failure, and the exit code that says why."""
     debug = bool(os.environ.get("TSCOPE_DEBUG"))
     # Scenes are read once, window by window: GDAL's default block cache (5% of RAM) would only add
     # resident memory. Users can still set their own.
     os.environ.setdefault("GDAL_CACHEMAX", "128")
+    # Ctrl-C and `kill` raise Interrupted, which Typer does not catch (it turns KeyboardInterrupt into
+    # an exit code), so every command unwinds through its cleanup and ends here with 128 + signal.
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        app(args=argv, prog_name="tscope", standalone_mode=False)
-        return 0
+        code = app(args=argv, prog_name="tscope", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
-        print("tscope: aborted", file=sys.stderr)
+        print("tscope: error: aborted", file=sys.stderr)
         return 130
     except typer.TyperException as exc:
         # Typer's (vendored) click usage errors: bad options, missing arguments.
@@ -86,21 +99,26 @@ def run(argv: list[str] | None = None) -> int:
             return 2
         ctx = getattr(exc, "ctx", None)
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        print(f"tscope: error: {exc.format_message()}{hint}", file=sys.stderr)
+        print(f"tscope: error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except TscopeError as exc:
         if debug:
             logging.getLogger("tscope").exception("failed")
-        print(f"tscope: error: {exc}", file=sys.stderr)
+        print(f"tscope: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tscope: interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"tscope: error: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, exit 1
         if debug:
             raise
-        print(f"tscope: error: {type(exc).__name__}: {exc} (set TSCOPE_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"tscope: error: {type(exc).__name__}: {_one_line(exc)} (set TSCOPE_DEBUG=1 for a traceback)",
+              file=sys.stderr)
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def entry() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 
 import typer
@@ -29,6 +31,32 @@ def setup_logging(verbosity: int) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("tscope: %(levelname)s: %(message)s"))
     logging.basicConfig(level=max(logging.DEBUG, level), handlers=[handler], force=True)
+    route_library_messages(verbosity)
+
+
+def route_library_messages(verbosity: int) -> None:
+    """Library warnings, GDAL messages, transformers' logs and progress bars go to tscope's log.
+
+    They explain, at best, why something failed: with ``-v`` they are shown, otherwise stderr keeps
+    the one ``tscope: error:`` line (or nothing) whatever pyogrio, rasterio or transformers think.
+    """
+    shown = verbosity >= 1
+    warnings.simplefilter("default" if shown else "ignore")
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if shown else logging.CRITICAL)
+    # rasterio/fiona log GDAL's CPLE messages (errors included, which they also raise) on these loggers.
+    for name in ("rasterio", "fiona", "pyogrio", "odc", "distributed", "urllib3", "httpx", "pystac_client"):
+        logging.getLogger(name).setLevel(logging.INFO if verbosity >= 2 else logging.WARNING if shown
+                                         else logging.CRITICAL)
+    # Read by Dask when imported, in the driver and in every worker process it starts.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbosity >= 2 else "warning" if shown else "error")
+    # Read by transformers and huggingface_hub when (lazily) imported.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbosity >= 2 else "warning" if shown else "error")
+    if not shown:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        # GDAL prints to stderr itself whenever no rasterio error handler is active (e.g. in pyogrio).
+        os.environ.setdefault("CPL_LOG", os.devnull)
 
 
 def print_json(obj: object) -> None:

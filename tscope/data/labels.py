@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.warp import reproject
 
 from tscope.errors import InputError
@@ -106,7 +107,7 @@ def load_class_table(label_path: str | Path, spec: str | Path | None = None) -> 
                 value, _, name = line.replace(",", " ", 1).partition(" ")
                 pairs.append((value, name))
         return _parse_pairs(pairs, str(path))
-    with rasterio.open(label_path) as src:
+    with _open_labels(label_path) as src:
         tag = src.tags().get("CLASSES")
     if not tag:
         raise InputError(f"{label_path}: no CLASSES tag; give a class table with --classes")
@@ -116,22 +117,33 @@ def load_class_table(label_path: str | Path, spec: str | Path | None = None) -> 
     return _parse_pairs(pairs, f"{label_path} CLASSES tag")
 
 
+def _open_labels(path: str | Path) -> rasterio.DatasetReader:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such label raster")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError:
+        raise InputError(f"{path}: not a label raster rasterio can open") from None
+
+
 def read_labels(label_path: str | Path, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """The label raster on ``grid`` (nearest neighbour): (int32 values, bool valid)."""
     path = Path(label_path)
-    if not path.exists():
-        raise InputError(f"{path}: no such label raster")
-    with rasterio.open(path) as src:
+    with _open_labels(path) as src:
         if src.crs is None:
             raise InputError(f"{path}: the label raster has no CRS")
         nodata = src.nodata
         fill = -1
         out = np.full(grid.shape, fill, dtype=np.int32)
-        reproject(
-            source=rasterio.band(src, 1), destination=out, src_transform=src.transform, src_crs=src.crs,
-            src_nodata=nodata, dst_transform=grid.transform, dst_crs=rasterio.crs.CRS.from_wkt(grid.crs.to_wkt()),
-            dst_nodata=fill, resampling=Resampling.nearest,
-        )
+        try:
+            reproject(
+                source=rasterio.band(src, 1), destination=out, src_transform=src.transform, src_crs=src.crs,
+                src_nodata=nodata, dst_transform=grid.transform,
+                dst_crs=rasterio.crs.CRS.from_wkt(grid.crs.to_wkt()), dst_nodata=fill, resampling=Resampling.nearest,
+            )
+        except RasterioError as exc:
+            raise InputError(f"{path}: cannot read the label raster ({' '.join(str(exc).split())[:200]})") from None
     return out, out != fill
 
 

@@ -18,6 +18,7 @@ Everything is deterministic given the seed: each image draws from its own ``rand
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -45,6 +46,8 @@ from tscope.geo.mask import Mask
 from tscope.geo.scene import ReadOptions, Scene, open_scenes
 from tscope.reason import measures
 from tscope.reason.query import vocabulary
+
+log = logging.getLogger("tscope")
 
 TASKS = ("existence", "counting", "localisation", "area", "coverage", "boundary", "distance", "damage")
 PAIR_TASKS = ("damage",)
@@ -95,6 +98,7 @@ def ground_truth(paths: Sequence[str | Path], sources: Sources, chip: int | None
     footprints = read_footprints(sources.footprints) if sources.footprints else None
     out = []
     stem = "_".join(Path(p).stem for p in paths)
+    unlabelled = 0
     for chip_id, grid in images.chips(scenes[0].grid, chip):
         chip_scenes = [s.aligned_to(grid) for s in scenes]
         rendered = [images.render(s) for s in chip_scenes]
@@ -103,6 +107,10 @@ def ground_truth(paths: Sequence[str | Path], sources: Sources, chip: int | None
         post: dict[str, Mask] = {}
         if sources.labels is not None:
             labels, label_valid = read_labels(sources.labels, grid)
+            if not label_valid.any():
+                # No ground truth here: "is there any wetland? No" would be an invented answer.
+                unlabelled += 1
+                continue
             by_class = label_masks(labels, label_valid & valid, sources.table, grid,
                                    source=f"label raster {sources.labels.name}")
             # Only classes the question parser knows become questions (so any backend can be asked
@@ -118,6 +126,10 @@ def ground_truth(paths: Sequence[str | Path], sources: Sources, chip: int | None
                         for k, m in burnt.items() if k != BUILDING}
         key = stem + (f"_{chip_id}" if chip_id else "")
         out.append(GroundTruth(key, chip_scenes, [rgb for rgb, _ in rendered], masks, post))
+    if unlabelled and not out:
+        raise InputError(f"--labels {sources.labels}: the label raster does not overlap {', '.join(map(str, paths))}")
+    if unlabelled:
+        log.warning("%s: %d chip(s) outside the label raster skipped", stem, unlabelled)
     return out
 
 
@@ -361,37 +373,39 @@ def synthesise(images_in: Sequence[str | Path], out: str | Path, sources: Source
     """
     tasks = parse_tasks(tasks, TASKS)
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    groups = [[images_in[0], post]] if post is not None else [[p] for p in images_in]
     if post is not None and len(images_in) != 1:
         raise InputError("--post pairs with exactly one pre-event image")
-    records: list[dict] = []
-    used: set[str] = set()
-    for n, paths in enumerate(groups):
-        for gt in ground_truth(paths, sources, chip, read_options):
-            gt = unique_key(gt, used)
-            drafts = drafts_for(gt, tasks, seed)
-            if not drafts:
-                continue
-            names = []
-            for i, rgb in enumerate(gt.rgb):
-                suffix = ("_pre", "_post")[i] if len(gt.rgb) == 2 else ""
-                name = f"images/{gt.key}{suffix}.png"
-                with writers.atomic_path(out / name) as tmp:
-                    tmp.write_bytes(images.png_bytes(rgb))
-                names.append(name)
-            for i, draft in enumerate(drafts):
-                records.append(to_record(draft, gt, names, i))
+    groups = [[images_in[0], post]] if post is not None else [[p] for p in images_in]
+    # A failure or Ctrl-C removes the images this run wrote and the folders it made.
+    with writers.rollback_on_failure() as made:
+        made.mkdir(out / "images")
+        records: list[dict] = []
+        used: set[str] = set()
+        for n, paths in enumerate(groups):
+            for gt in ground_truth(paths, sources, chip, read_options):
+                gt = unique_key(gt, used)
+                drafts = drafts_for(gt, tasks, seed)
+                if not drafts:
+                    continue
+                names = []
+                for i, rgb in enumerate(gt.rgb):
+                    suffix = ("_pre", "_post")[i] if len(gt.rgb) == 2 else ""
+                    name = f"images/{gt.key}{suffix}.png"
+                    with writers.atomic_path(made.add(out / name)) as tmp:
+                        tmp.write_bytes(images.png_bytes(rgb))
+                    names.append(name)
+                for i, draft in enumerate(drafts):
+                    records.append(to_record(draft, gt, names, i))
+                    if limit and len(records) >= limit:
+                        break
                 if limit and len(records) >= limit:
                     break
+            if progress:
+                progress(n + 1, len(groups))
             if limit and len(records) >= limit:
                 break
-        if progress:
-            progress(n + 1, len(groups))
-        if limit and len(records) >= limit:
-            break
-    path = out / "terra_cot.jsonl"
-    writers.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        path = out / "terra_cot.jsonl"
+        writers.write_text(made.add(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     per_task: dict[str, int] = {}
     for r in records:
         per_task[r["task"]] = per_task.get(r["task"], 0) + 1

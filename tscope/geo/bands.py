@@ -101,6 +101,9 @@ def parse_band_list(spec: str) -> list[str]:
         common = normalise_band_name(name)
         if common is None:
             raise InputError(f"--bands: unknown band name {name!r}; known: {', '.join(COMMON_NAMES)}")
+        if common in out:
+            # Two bands under one name: the second would silently shadow the first.
+            raise InputError(f"--bands names {common!r} twice ({spec}); each band name may appear once")
         out.append(common)
     return out
 

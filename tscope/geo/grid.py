@@ -11,6 +11,7 @@ Everything that turns pixels into metres lives here, so areas and distances are 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -74,6 +75,24 @@ class Grid:
     @cached_property
     def to_lonlat(self) -> Transformer:
         return Transformer.from_crs(self.pyproj_crs, CRS.from_epsg(4326), always_xy=True)
+
+    @property
+    def is_north_up(self) -> bool:
+        return self.transform.b == 0 and self.transform.d == 0
+
+    def north_up(self) -> Grid:
+        """The north-up grid covering this (rotated or sheared) one at the same pixel size; itself if north-up.
+
+        Windows and crops are defined on north-up grids only; a rotated scene is read onto this grid
+        through a warped VRT, like any other alignment.
+        """
+        if self.is_north_up:
+            return self
+        t = self.transform
+        res = min(math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+        minx, miny, maxx, maxy = self.bounds
+        width, height = max(1, math.ceil((maxx - minx) / res - 1e-9)), max(1, math.ceil((maxy - miny) / res - 1e-9))
+        return Grid(crs=self.crs, transform=Affine(res, 0, minx, 0, -res, maxy), width=width, height=height)
 
     def crop_offset(self, parent: Grid) -> tuple[int, int] | None:
         """(col, row) of this grid's origin in ``parent`` when it is a pixel-aligned crop of it.

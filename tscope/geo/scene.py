@@ -9,8 +9,9 @@ VRT, still window by window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from rasterio.windows import Window, from_bounds
 from tscope.errors import InputError
 from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
 from tscope.geo.grid import Grid
+from tscope.limits import check_pixels
 
 log = logging.getLogger("tscope")
 SAR_FORMATS = ("auto", "linear", "db", "complex")
@@ -115,7 +117,7 @@ class Scene:
             )
         indexes = [self.band_map.indexes[n] for n in names]
         shape = (int(window.height), int(window.width))
-        with rasterio.open(self.path) as src:
+        with _reading(self.path), rasterio.open(self.path) as src:
             native_window = self._native_window(window)
             if native_window is not None:
                 # rasterio reads a boundless window through a warped VRT (slower by half): only when needed.
@@ -202,6 +204,16 @@ class Scene:
         return out
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file that opened but cannot be read (truncated, corrupt blocks) is bad input, named."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read its pixels ({' '.join(str(exc).split())[:200]});"
+                         " the file is truncated or corrupt") from None
+
+
 def _grid_of(src: rasterio.DatasetReader, crs: CRS) -> Grid:
     return Grid(crs=crs, transform=src.transform, width=src.width, height=src.height)
 
@@ -236,6 +248,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
             crs = src.crs
         if src.transform.is_identity and not src.gcps[0]:
             raise InputError(f"{path}: no georeferencing (identity transform)")
+        check_pixels(src.width, src.height, str(path))
         band_map = identify_bands(src, options.bands, options.sensor)
         kind = "sar" if band_map.indexes and set(band_map.indexes) <= SAR_NAMES | {"scl"} else "optical"
         nodata = options.nodata if options.nodata is not None else src.nodata
@@ -292,7 +305,9 @@ def _sar_format(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOpt
     if dtype.kind == "c":
         return "complex"
     # Backscatter in dB is mostly negative; linear power never is. Sample one decimated read.
-    sample = src.read(index, out_shape=(min(256, src.height), min(256, src.width))).astype(np.float64)
+    with _reading(Path(src.name)):
+        sample = src.read(index, out_shape=(min(256, src.height), min(256, src.width)))
+    sample = sample.astype(np.float64)
     sample = sample[np.isfinite(sample)]
     if src.nodata is not None:
         sample = sample[sample != src.nodata]
@@ -302,8 +317,12 @@ def _sar_format(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOpt
 
 
 def analysis_grid(scenes: Sequence[Scene]) -> Grid:
-    """The grid every scene is read on: the first scene's pixels, cropped to where all overlap."""
-    first = scenes[0].native
+    """The grid every scene is read on: the first scene's pixels, cropped to where all overlap.
+
+    A rotated first scene of a pair is first put on a north-up grid of its pixel size: only those have
+    windows, and the second scene is warped anyway.
+    """
+    first = scenes[0].native if len(scenes) == 1 else scenes[0].native.north_up()
     minx, miny, maxx, maxy = first.bounds
     for other in scenes[1:]:
         ob = transform_bounds(other.native.crs, first.crs, *other.native.bounds, densify_pts=21)

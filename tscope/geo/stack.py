@@ -38,7 +38,8 @@ from tscope.geo.bands import SAR_NAMES
 from tscope.geo.grid import Grid
 from tscope.geo.scene import CATEGORICAL_BANDS as CATEGORICAL
 from tscope.geo.scene import ReadOptions, Scene, analysis_grid, open_scene
-from tscope.geo.writers import atomic_path, write_json
+from tscope.geo.writers import atomic_path, rollback_on_failure, sweep_partials, write_json
+from tscope.limits import check_pixels
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max", "med")
 MODES = ("auto", "stack", "pair")
@@ -103,7 +104,7 @@ def target_grid(scenes: Sequence[Scene], options: StackOptions) -> Grid:
     """Where every scene is written: the overlap of all scenes on the chosen CRS and pixel size."""
     if options.crs is None and options.resolution is None:
         return analysis_grid(scenes)
-    first = scenes[0].native
+    first = scenes[0].native.north_up()
     try:
         crs = rasterio.crs.CRS.from_user_input(options.crs) if options.crs else first.crs
     except Exception:  # noqa: BLE001 - rasterio raises several types for bad input
@@ -124,8 +125,7 @@ def target_grid(scenes: Sequence[Scene], options: StackOptions) -> Grid:
     height = int(math.floor((y1 - miny) / resolution + 1e-9))
     if width < 1 or height < 1:
         raise InputError("the scenes overlap by less than one pixel at this --resolution")
-    if width * height > 40000 * 40000:
-        raise InputError(f"the stacked grid would be {width} x {height} px: raise --resolution")
+    check_pixels(width, height, "the stacked grid (raise --resolution)")
     return Grid(crs=crs, transform=Affine(resolution, 0, x0, 0, -resolution, y1), width=width, height=height)
 
 
@@ -296,27 +296,30 @@ def stack_scenes(paths: Sequence[str | Path], out: str | Path, options: StackOpt
     names = ["stack.tif"] if mode == "stack" else ["t1.tif", "t2.tif"]
     if not overwrite and any((out / n).exists() for n in names + ["stack.json"]):
         raise InputError(f"{out} already holds a stack; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
     grid = target_grid(scenes, options)
     inputs = [str(s.path) for s in scenes]
     files, bands = [], {}
-    if mode == "stack":
-        tags = {"TSCOPE_STACK": "optical+sar", "SOURCES": ";".join(Path(p).name for p in inputs)}
-        bands["stack.tif"] = _write_scenes(scenes, out / "stack.tif", grid, options, tags)
-        files.append(out / "stack.tif")
-    else:
-        for scene, name in zip(scenes, names, strict=True):
-            tags = {"TSCOPE_STACK": "pair", "FRAME": scene.frame, "SOURCE": scene.path.name}
-            bands[name] = _write_scenes([scene], out / name, grid, options, tags)
-            files.append(out / name)
-    record = write_json(out / "stack.json", {
-        "tscope_version": __version__,
-        "mode": mode,
-        "inputs": [{"path": p, "frame": s.frame, "kind": s.kind, "crs": s.native.crs.to_string(),
-                    "bands": s.bands} for p, s in zip(inputs, scenes, strict=True)],
-        "grid": grid_dict(grid),
-        "resampling": {n: options.resampling_for(n) for f in bands.values() for n in f},
-        "outputs": {name: b for name, b in bands.items()},
-        "values": "float32 physical values (reflectance, linear SAR power); NaN is nodata",
-    })
+    sweep_partials(out)
+    # A failure (a truncated second scene, Ctrl-C) removes what this run wrote and the folders it made.
+    with rollback_on_failure() as made:
+        made.mkdir(out)
+        if mode == "stack":
+            tags = {"TSCOPE_STACK": "optical+sar", "SOURCES": ";".join(Path(p).name for p in inputs)}
+            bands["stack.tif"] = _write_scenes(scenes, made.add(out / "stack.tif"), grid, options, tags)
+            files.append(out / "stack.tif")
+        else:
+            for scene, name in zip(scenes, names, strict=True):
+                tags = {"TSCOPE_STACK": "pair", "FRAME": scene.frame, "SOURCE": scene.path.name}
+                bands[name] = _write_scenes([scene], made.add(out / name), grid, options, tags)
+                files.append(out / name)
+        record = write_json(made.add(out / "stack.json"), {
+            "tscope_version": __version__,
+            "mode": mode,
+            "inputs": [{"path": p, "frame": s.frame, "kind": s.kind, "crs": s.native.crs.to_string(),
+                        "bands": s.bands} for p, s in zip(inputs, scenes, strict=True)],
+            "grid": grid_dict(grid),
+            "resampling": {n: options.resampling_for(n) for f in bands.values() for n in f},
+            "outputs": {name: b for name, b in bands.items()},
+            "values": "float32 physical values (reflectance, linear SAR power); NaN is nodata",
+        })
     return StackResult(mode=mode, grid=grid, files=files, record=record, bands=bands)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import rasterio.shutil
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
+from tscope.errors import InputError
 from tscope.geo.grid import Grid
 from tscope.geo.mask import Mask
 from tscope.geo.polygons import Polygons, mask_polygons
@@ -28,19 +30,107 @@ MASK_NODATA = 255
 STRIP = 1024
 
 
+PARTIAL = ".partial"
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; done once per process, before any thread.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_path(dst: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dst``; rename it onto ``dst`` only if the block succeeds."""
+    """Yield a temporary path beside ``dst``; rename it onto ``dst`` only if the block succeeds.
+
+    The file gets the mode a plain ``open(dst, "w")`` would give (0666 less the umask): ``mkstemp``
+    alone makes it 0600, unreadable to the group the user shares outputs with.
+    """
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=PARTIAL, dir=dst.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dst)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        # GDAL's COG driver builds overviews in a side file named after the temporary path.
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{tmp_path}.ovr.tmp").unlink()
+
+
+def sweep_partials(folder: str | Path, names: Iterable[str] | None = None) -> list[Path]:
+    """Remove temporary files a killed tscope run left in ``folder`` (only tscope's own: hidden,
+    ``.partial`` names, optionally only those of ``names``); returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    wanted = set(names) if names is not None else None
+    pattern = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.partial(\.tif)?(\.ovr\.tmp|\.aux\.xml)?$")
+    removed = []
+    for entry in folder.iterdir():
+        match = pattern.match(entry.name)
+        if match and (wanted is None or match["name"] in wanted) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+class Outputs:
+    """The files and folders one run creates, so that a failed or interrupted run removes exactly
+    those, and nothing that was there before it."""
+
+    def __init__(self) -> None:
+        self.files: list[Path] = []
+        self.dirs: list[Path] = []
+
+    def mkdir(self, folder: str | Path) -> Path:
+        """Create ``folder`` and its missing parents, remembering which ones this run created."""
+        folder = Path(folder)
+        missing = []
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create the folder {path}: {exc.strerror}") from None
+            self.dirs.append(path)
+        if not folder.is_dir():
+            raise InputError(f"{folder} is not a folder")
+        return folder
+
+    def add(self, path: str | Path) -> Path:
+        self.files.append(Path(path))
+        return Path(path)
+
+    def rollback(self) -> None:
+        for path in reversed(self.files):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        for folder in reversed(self.dirs):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a file someone else put there keeps its folder
+
+
+@contextlib.contextmanager
+def rollback_on_failure() -> Iterator[Outputs]:
+    """Yield an :class:`Outputs` record; on any failure (Ctrl-C included) undo what it recorded."""
+    outputs = Outputs()
+    try:
+        yield outputs
+    except BaseException:
+        outputs.rollback()
+        raise
 
 
 @contextlib.contextmanager
@@ -55,6 +145,7 @@ def atomic_dir(dst: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; a plain mkdir would not
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)

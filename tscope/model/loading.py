@@ -19,8 +19,13 @@ Two layouts are accepted by :func:`load_terrascope`:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +58,7 @@ def detect_layout(path: Path) -> str:
         return "native"
     config = path / "config.json"
     if config.exists():
-        model_type = json.loads(config.read_text()).get("model_type")
+        model_type = read_json_object(config).get("model_type")
         if model_type == "sa2va_chat":
             return "released"
         raise InputError(f"{config}: model_type {model_type!r} is not a TerraScope checkpoint (want sa2va_chat)")
@@ -126,6 +131,60 @@ def qwen2_config(llm: dict, path: Path) -> dict:
     return out
 
 
+def read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file (config, index) as a dict; InputError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files holding ``folder``'s weights, checked without reading a tensor.
+
+    Pickle files (``*.bin``, ``*.pt``) are never opened: a folder with only those is refused. An
+    index (``*.safetensors.index.json``) must name shards that exist inside ``folder``: a shard path
+    leading elsewhere (``../other``, ``/etc/...``) is refused, not followed.
+    """
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        hint = f" (found {', '.join(pickles)}: pickle checkpoints are refused; convert them to safetensors)" \
+            if pickles else ""
+        raise InputError(f"--model {folder}: no *.safetensors weights{hint}")
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if not indexes:
+        return files
+    wanted: set[str] = set()
+    for index in indexes:
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise InputError(f"{index}: no weight_map of tensor name -> shard file")
+        wanted |= set(weight_map.values())
+    root = folder.resolve()
+    outside = [f for f in sorted(wanted) if Path(f).is_absolute() or (root / f).resolve().parent != root]
+    if outside:
+        raise InputError(f"{indexes[0]}: shard {outside[0]!r} is outside the checkpoint folder; refused")
+    absent = [f for f in sorted(wanted) if not (folder / f).is_file()]
+    if absent:
+        raise InputError(f"--model {folder}: missing weight shards {', '.join(absent)}")
+    return [folder / f for f in sorted(wanted)]
+
+
+def load_safetensors(file: Path) -> dict:
+    """The tensors of one safetensors file; a corrupt header is bad input naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{file}: not a valid safetensors file ({exc})") from None
+
+
 def released_config(path: Path, tokenizer) -> TerraScopeConfig:
     """TerraScopeConfig from a released checkpoint's config.json (+ the tokenizer, for the image token id).
 
@@ -188,29 +247,18 @@ def _load_tokenizer(path: Path):
 
     if not any((path / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
         raise InputError(f"--model {path}: no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        # transformers refuses custom code (auto_map) and unreadable files with these; both are the input's.
+        raise InputError(f"--model {path}: cannot load the tokenizer: {' '.join(str(exc).split())[:300]}") from None
 
 
 def read_safetensors(path: Path) -> dict:
     """All tensors of the checkpoint's safetensors files (sharded or not). Never unpickles anything."""
-    from safetensors.torch import load_file
-
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
-        hint = f" (found {', '.join(pickles)}: pickle checkpoints are refused; convert them to safetensors)" \
-            if pickles else ""
-        raise InputError(f"--model {path}: no *.safetensors weights{hint}")
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        wanted = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        absent = [f for f in wanted if not (path / f).exists()]
-        if absent:
-            raise InputError(f"--model {path}: missing weight shards {', '.join(absent)}")
-        files = [path / f for f in wanted]
     state: dict = {}
-    for file in files:
-        state.update(load_file(str(file)))
+    for file in weight_files(path):
+        state.update(load_safetensors(file))
     return state
 
 
@@ -255,6 +303,39 @@ def _build_from_state(config: TerraScopeConfig, state: dict, path: Path, torch_d
     return model.to(torch_dtype)
 
 
+QUANT_SCRATCH = "tscope-quant-"
+
+
+@contextlib.contextmanager
+def quant_scratch() -> Iterator[Path]:
+    """A temporary folder for the remapped copy a quantised load of a released checkpoint needs.
+
+    The copy is as large as the weights (about 16 GB for the 8B release), so one left by a killed run
+    must not stay in /tmp for ever: each folder holds an exclusive ``flock`` on its ``.lock`` while in
+    use (the kernel drops it when the process dies, SIGKILL included), and every quantised load first
+    sweeps this user's scratch folders whose lock nobody holds.
+    """
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(QUANT_SCRATCH + "*"):
+        with contextlib.suppress(OSError):
+            if stale.is_symlink() or stale.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(stale / ".lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its owner lives
+                shutil.rmtree(stale, ignore_errors=True)
+            finally:
+                os.close(fd)
+    tmp = Path(tempfile.mkdtemp(prefix=QUANT_SCRATCH))
+    fd = os.open(tmp / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
 def load_terrascope(path: str | Path, dtype: str = "bf16", device: str = "auto", quant: str = "none") -> Loaded:
     """Load a TerraScope checkpoint of either layout; returns the model (eval mode) and tokenizer.
 
@@ -283,28 +364,33 @@ def load_terrascope(path: str | Path, dtype: str = "bf16", device: str = "auto",
         model = _build_from_state(config, state, path, torch_dtype)
         if quant == "none":
             return Loaded(model.to(device).eval(), tokenizer, layout, quant)
-        with tempfile.TemporaryDirectory(prefix="tscope-quant-") as tmp:
-            save_terrascope(model, tokenizer, tmp)
+        with quant_scratch() as tmp:
+            save_terrascope(model, tokenizer, tmp / "model")
             del model
-            loaded = load_terrascope(tmp, dtype=dtype, device=device, quant=quant)
+            loaded = load_terrascope(tmp / "model", dtype=dtype, device=device, quant=quant)
             return Loaded(loaded.model, loaded.tokenizer, layout, quant)
-    config = TerraScopeConfig.from_dict(json.loads((path / NATIVE_CONFIG).read_text()))
+    config = TerraScopeConfig.from_dict(read_json_object(path / NATIVE_CONFIG))
     for part in ("internvl", "sam2"):
-        if not (path / part / "config.json").exists() or not list((path / part).glob("*.safetensors")):
-            raise InputError(f"--model {path}: missing {part}/config.json or {part}/*.safetensors")
+        if not (path / part / "config.json").exists():
+            raise InputError(f"--model {path}: missing {part}/config.json")
+        weight_files(path / part)
     if not (path / "seg_head.safetensors").exists():
         raise InputError(f"--model {path}: missing seg_head.safetensors")
-    from safetensors.torch import load_file
     from transformers import InternVLForConditionalGeneration, Sam2Model
 
     qconfig = quantization_config(quant, torch_dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    # use_safetensors: transformers would otherwise fall back to a pickle beside (or instead of) them.
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "use_safetensors": True}
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
-    internvl = InternVLForConditionalGeneration.from_pretrained(str(path / "internvl"), **kwargs)
-    sam2 = Sam2Model.from_pretrained(str(path / "sam2"), dtype=torch_dtype)
+    try:
+        internvl = InternVLForConditionalGeneration.from_pretrained(str(path / "internvl"), **kwargs)
+        sam2 = Sam2Model.from_pretrained(str(path / "sam2"), dtype=torch_dtype, use_safetensors=True)
+    except OSError as exc:
+        # transformers' "no file named model.safetensors" and unreadable weights: the folder's fault.
+        raise InputError(f"--model {path}: {' '.join(str(exc).split())[:300]}") from None
     model = TerraScopeModel(config, internvl=internvl, sam2=sam2)
-    seg = load_file(str(path / "seg_head.safetensors"))
+    seg = load_safetensors(path / "seg_head.safetensors")
     result = model.seg_head.load_state_dict(seg, strict=False)
     _check_keys([f"seg_head.{k}" for k in result.missing_keys], list(result.unexpected_keys), path)
     model.seg_head.to(torch_dtype)
@@ -337,10 +423,18 @@ def convert(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
     """``tscope model convert``: any accepted layout -> the native layout at ``dst`` (weights kept in
     their stored dtype)."""
     src, dst = Path(src), Path(dst)
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise InputError(f"{dst} exists and is not empty; pass --overwrite to replace it")
-    if dst.resolve() == src.resolve():
-        raise InputError("SRC and DST are the same folder")
+    detect_layout(src)
+    real_src, real_dst = src.resolve(), dst.resolve()
+    if real_dst == real_src or real_dst in real_src.parents or real_src in real_dst.parents:
+        raise InputError(f"DST {dst} is, contains or lies inside SRC {src}: choose a folder apart from SRC")
+    if dst.exists() and not dst.is_dir():
+        raise InputError(f"DST {dst} exists and is not a folder")
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise InputError(f"{dst} exists and is not empty; pass --overwrite to replace it")
+        if dst.is_symlink() or not (dst / NATIVE_CONFIG).is_file():
+            # --overwrite replaces a checkpoint tscope wrote, never an arbitrary folder ($HOME, /).
+            raise InputError(f"{dst} is not a tscope checkpoint (no {NATIVE_CONFIG}); refusing to replace it")
     state_dtype = _stored_dtype(src)
     loaded = load_terrascope(src, dtype=state_dtype, device="cpu", quant="none")
     return save_terrascope(loaded.model, loaded.tokenizer, dst)
@@ -355,16 +449,21 @@ def _stored_dtype(path: Path) -> str:
 
 def _header_stats(path: Path) -> dict:
     """Parameter counts per part and dtype histogram from safetensors headers (no tensor is read)."""
-    from safetensors import safe_open
-
     layout = detect_layout(path)
-    files = sorted(path.rglob("*.safetensors"))
+    if layout == "released":
+        files = weight_files(path)
+    else:
+        # Each part checked as the loader would: pickle-only parts and missing shards are flagged here.
+        files = weight_files(path / "internvl") + weight_files(path / "sam2")
+        if not (path / "seg_head.safetensors").is_file():
+            raise InputError(f"--model {path}: missing seg_head.safetensors")
+        files.append(path / "seg_head.safetensors")
     parts: dict[str, int] = {}
     dtypes: dict[str, int] = {}
     lm_linear = 0
     for file in files:
         rel = file.relative_to(path).parts
-        with safe_open(str(file), framework="pt") as f:
+        with _headers(file) as f:
             for key in f.keys():
                 sl = f.get_slice(key)
                 n = 1
@@ -377,6 +476,17 @@ def _header_stats(path: Path) -> dict:
                 if part == "language_model" and key.endswith("proj.weight"):
                     lm_linear += n
     return {"layout": layout, "parts": parts, "dtypes": dtypes, "lm_linear": lm_linear}
+
+
+@contextlib.contextmanager
+def _headers(file: Path) -> Iterator[Any]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            yield f
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{file}: not a valid safetensors file ({exc})") from None
 
 
 def _part_of(name: str) -> str:
@@ -417,10 +527,10 @@ def model_info(path: str | Path) -> dict:
     path = Path(path)
     stats = _header_stats(path)
     if stats["layout"] == "native":
-        config = json.loads((path / NATIVE_CONFIG).read_text())
-        internvl, sam2 = config["internvl"], config["sam2"]
+        config = read_json_object(path / NATIVE_CONFIG)
+        internvl, sam2 = config.get("internvl", {}), config.get("sam2", {})
     else:
-        raw = json.loads((path / "config.json").read_text())
+        raw = read_json_object(path / "config.json")
         internvl = {"text_config": raw.get("llm_config", {}), "vision_config": raw.get("vision_config", {})}
         sam2 = raw.get("sam2_config") or hiera_large_sam2()
     text, vision = internvl.get("text_config", {}), internvl.get("vision_config", {})

@@ -33,6 +33,11 @@ def _check(node: ast.AST, where: str) -> None:
             raise ValueError(f"{where}: {type(sub).__name__} is not allowed in a rule expression")
         if isinstance(sub, ast.Call) and not (isinstance(sub.func, ast.Name) and sub.func.id in _FUNCS):
             raise ValueError(f"{where}: only {', '.join(_FUNCS)} may be called")
+        if isinstance(sub, ast.Call) and (sub.keywords or len(sub.args) != 1):
+            raise ValueError(f"{where}: {sub.func.id}() takes one argument")
+        # float("abc") would fail only when the rule runs, as an internal error: numbers only.
+        if isinstance(sub, ast.Constant) and (isinstance(sub.value, bool) or not isinstance(sub.value, int | float)):
+            raise ValueError(f"{where}: {sub.value!r} is not a number")
 
 
 def names_in(expr: ast.Expression) -> set[str]:

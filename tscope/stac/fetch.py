@@ -18,7 +18,7 @@ from tscope import __version__
 from tscope.errors import InputError
 from tscope.geo.stack import grid_dict
 from tscope.geo.vector import read_vector_wgs84
-from tscope.geo.writers import write_json
+from tscope.geo.writers import Outputs, rollback_on_failure, sweep_partials, write_json
 from tscope.stac.catalogs import gdal_credentials, resolve_catalog
 from tscope.stac.http import NetworkPolicy
 from tscope.stac.load import LoadOptions, aoi_grid, group_items, solar_date, write_scene
@@ -74,16 +74,28 @@ def fetch(request: FetchRequest, out: str | Path, *, overwrite: bool = False, po
         taken = [n for n in names if (out / f"{n}.tif").exists()]
         if taken:
             raise InputError(f"{out / (taken[0] + '.tif')} exists; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
     query = request.to_dict()
+    sweep_partials(out)
+    # A failure or Ctrl-C removes the scenes this run wrote and the folders it made: nothing half done.
+    with rollback_on_failure() as made:
+        made.mkdir(out)
+        scenes = _write_scenes(groups, names, request, grid, gdal_options, catalog, query, out, made, progress)
+        summary = {"tscope_version": __version__, "query": query, "grid": grid_dict(grid), "scenes": scenes}
+        write_json(made.add(out / "fetch.json"), summary)
+    return summary
+
+
+def _write_scenes(groups: list[list[Any]], names: list[str], request: FetchRequest, grid: Any, gdal_options: dict,
+                  catalog: Any, query: dict, out: Path, made: Outputs,
+                  progress: Callable[[int, int], None] | None) -> list[dict]:
     scenes = []
     for done, (group, name) in enumerate(zip(groups, names, strict=True)):
         log.info("loading %s (%d item(s))", name, len(group))
         tags = {"ACQUISITION": solar_date(group[0]), "STAC_ITEMS": ",".join(i.id for i in group),
                 "COLLECTION": query["search"]["collection"], "CATALOG": catalog.url,
                 "SOFTWARE": f"tscope {__version__}"}
-        scene = write_scene(group, request.search.geometry, grid, request.load, gdal_options, out / f"{name}.tif",
-                            tags)
+        scene = write_scene(group, request.search.geometry, grid, request.load, gdal_options,
+                            made.add(out / f"{name}.tif"), tags)
         tif = scene.path
         record = {
             "tscope_version": __version__,
@@ -98,12 +110,10 @@ def fetch(request: FetchRequest, out: str | Path, *, overwrite: bool = False, po
             "aoi_cloud_percent": scene.cloud_percent,
             "aoi_nodata_percent": scene.nodata_percent,
         }
-        write_json(out / f"{name}.json", record)
+        write_json(made.add(out / f"{name}.json"), record)
         scenes.append({"file": tif.name, "sidecar": f"{name}.json", "date": scene.date,
                        "items": [i.id for i in group], "aoi_cloud_percent": scene.cloud_percent,
                        "aoi_nodata_percent": scene.nodata_percent})
         if progress:
             progress(done + 1, len(groups))
-    summary = {"tscope_version": __version__, "query": query, "grid": grid_dict(grid), "scenes": scenes}
-    write_json(out / "fetch.json", summary)
-    return summary
+    return scenes
