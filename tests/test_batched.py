@@ -1,0 +1,114 @@
+"""Batched interleaved decoding equals the single-prompt loop token for token and mask for mask (fp32)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_terrascope as tt  # noqa: E402
+
+from tscope.model.batched import BatchDecoder, Request, generate_batch  # noqa: E402
+from tscope.model.interleave import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tt.build_model(seed=3, max_new_tokens=24)
+
+
+def _image(h: int, w: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def _requests(tok) -> list[dict]:
+    """Single images of different sizes (different tilings, so prompt lengths), a pair, optical + SAR;
+    forced schedules with [SEG] at different steps and ends at different lengths, and free runs."""
+    seg, eos = tok.convert_tokens_to_ids("[SEG]"), tok.eos_token_id
+    plain = tok.convert_tokens_to_ids("a")
+
+    def forced(schedule: dict[int, int]):
+        return lambda step, greedy: schedule.get(step, plain)
+
+    text = "<image>\nWhere is the water?"
+    return [
+        dict(images=[_image(64, 64, 0)], text=text, override=forced({1: seg, 4: seg, 6: eos})),
+        dict(images=[_image(70, 130, 1)], text=text, override=forced({0: seg, 2: seg, 3: seg, 9: eos})),
+        dict(images=[_image(64, 64, 2), _image(64, 64, 3)], text="<image>\nWhat changed?",
+             override=forced({2: seg, 5: seg, 12: eos})),
+        dict(images=[_image(90, 60, 4)], text=text, max_new_tokens=14),  # free run, ends on the length
+        dict(images=[_image(64, 64, 5)], text=text, sar=_image(64, 64, 6), override=forced({0: seg, 5: seg, 7: eos})),
+        dict(images=[_image(64, 96, 7), _image(64, 96, 8)], text="<image>\nWhat changed?", max_new_tokens=20),
+        dict(images=[_image(64, 64, 9)], text=text, override=forced({3: eos})),  # no [SEG] at all
+        dict(images=[_image(100, 90, 10)], text=text, override=forced({i: seg for i in range(30)}),
+             max_new_tokens=400),  # max_segs
+    ]
+
+
+def _same(a, b) -> None:
+    assert b.token_ids == a.token_ids and b.all_ids == a.all_ids and b.stop == a.stop and b.text == a.text
+    assert b.seg_steps == a.seg_steps and b.frames == a.frames
+    assert len(b.masks) == len(a.masks)
+    for key in ("masks", "frame_masks", "regions", "region_sar"):
+        assert all(np.array_equal(x, y) for x, y in zip(getattr(a, key), getattr(b, key), strict=True)), key
+    for x, y in zip(a.seg_hidden, b.seg_hidden, strict=True):
+        assert torch.allclose(x, y, atol=1e-5, rtol=0)
+    assert torch.equal(a.prompt_ids, b.prompt_ids)
+
+
+def test_batched_decoding_equals_the_single_prompt_loop(tiny):
+    model, tok = tiny
+    model.config.max_segs, saved = 4, model.config.max_segs
+    try:
+        specs = _requests(tok)
+        model.sam_encodes = 0
+        reference = [generate(model, tok, **s) for s in specs]
+        single_encodes = model.sam_encodes
+        model.sam_encodes = 0
+        # Eight prompts through three slots: sequences leave at different steps and the queued ones join.
+        decoder = BatchDecoder(model, tok, batch_size=3)
+        decoder.repack_waste, decoder.repack_ratio = 0, 0.0  # repack whenever there is padding
+        requests = [Request(**s) for s in specs]
+        decoder.run(requests)
+    finally:
+        model.config.max_segs = saved
+    assert {g.stop for g in reference} == {"eos", "max_new_tokens", "max_segs"}
+    assert len({len(g.token_ids) for g in reference}) >= 5 and sum(len(g.masks) for g in reference) >= 10
+    assert model.sam_encodes == single_encodes  # each image encoded once, only when a [SEG] needs it
+    for ref, request in zip(reference, requests, strict=True):
+        _same(ref, request.result)
+    assert decoder.repacks >= 1  # the padded cache was repacked at least once, and nothing changed
+
+
+def test_follow_up_prompts_join_the_running_batch_and_reuse_encodings(tiny):
+    model, tok = tiny
+    specs = [_requests(tok)[i] for i in (0, 6)]
+    reference = [generate(model, tok, **s) for s in specs]
+    follow = generate(model, tok, specs[0]["images"], "<image>\nIs there any forest?", max_new_tokens=8)
+    decoder = BatchDecoder(model, tok, batch_size=4)
+    followed: list[Request] = []
+
+    def ask_more(request: Request, gen) -> None:
+        followed.append(decoder.submit(Request(images=request.images, text="<image>\nIs there any forest?",
+                                               max_new_tokens=8, prepared=request.prepared)))
+
+    first = [Request(**s) for s in specs]
+    first[0].done = ask_more
+    model.sam_encodes = 0
+    decoder.run(iter(first))
+    assert len(followed) == 1 and followed[0].prepared is first[0].prepared  # no second vision-tower pass
+    _same(follow, followed[0].result)
+    for ref, request in zip(reference, first, strict=True):
+        _same(ref, request.result)
+
+
+def test_batch_of_one_is_the_single_prompt_loop(tiny):
+    model, tok = tiny
+    spec = _requests(tok)[2]
+    _same(generate(model, tok, **spec), generate_batch(model, tok, [Request(**spec)], batch_size=1)[0])
