@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -112,3 +113,29 @@ def test_batch_of_one_is_the_single_prompt_loop(tiny):
     model, tok = tiny
     spec = _requests(tok)[2]
     _same(generate(model, tok, **spec), generate_batch(model, tok, [Request(**spec)], batch_size=1)[0])
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory) -> Path:
+    """The tiny checkpoint with at most 3 [SEG] per prompt and a short system text, to keep scene runs fast."""
+    path = tt.write_native(tmp_path_factory.mktemp("ckpt") / "native", max_new_tokens=12)
+    config = json.loads((path / "terrascope.json").read_text())
+    config.update(max_segs=3, system_prompt="Answer briefly.\n")
+    (path / "terrascope.json").write_text(json.dumps(config))
+    return path
+
+
+def test_scene_mode_decodes_tiles_in_batches_with_the_tile_by_tile_result(native, slovenia, tmp_path):
+    from tscope.ask import ask
+
+    question = "What percentage of the image is covered by forest?"
+    traces = {}
+    for batch in (1, 4):
+        options = dict(model=native, dtype="fp32", device="cpu", tile_overlap=16, scene_tile=64, batch_tiles=batch)
+        traces[batch] = ask([slovenia], question, backend="terrascope", backend_options=options, write=False)
+    one, four = traces[1], traces[4]
+    assert len(four.tiles) == 4 and any(t["checks"] for t in four.tiles)  # questions and follow-up checks
+    assert four.tiles == one.tiles
+    assert np.array_equal(four.masks["01_forest"].data, one.masks["01_forest"].data)
+    assert four.numbers["coverage_percent"].value == one.numbers["coverage_percent"].value
+    assert any("at most 4 at once" in n for n in four.notes) and any("at most 1 at once" in n for n in one.notes)

@@ -22,6 +22,8 @@ def command(
     dtype: str = typer.Option("bf16", "--dtype", help="terrascope: bf16, fp16 or fp32."),
     device: str = typer.Option("auto", "--device", help="terrascope: auto, cpu, cuda, cuda:N."),
     tile_overlap: int = typer.Option(64, "--tile-overlap", help="terrascope scene mode: overlap between tiles (px)."),
+    batch_tiles: int = typer.Option(8, "--batch-tiles",
+                                    help="terrascope scene mode: tile prompts decoded together (batch size)."),
     tile_answers: int = typer.Option(16, "--tile-answers",
                                      help="terrascope, free-form question on a scene larger than one model input:"
                                           " also list each tile's own answer when there are at most this many."),
@@ -67,7 +69,7 @@ def command(
         if model is None:
             raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")
         options = dict(model=model, quant=quant, dtype=dtype, device=device, tile_overlap=tile_overlap,
-                       tile_answers=tile_answers)
+                       tile_answers=tile_answers, batch_tiles=batch_tiles)
     else:
         options = dict(rules=str(rules) if rules else None, mask_clouds=not no_cloud_mask)
     with progress_bar("reasoning", quiet=quiet) as progress:

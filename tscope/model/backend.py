@@ -13,9 +13,11 @@ never combined into the scene answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +30,10 @@ from tscope.reason.backend import Progress
 from tscope.reason.query import Query, _class_pattern
 from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
+
+if TYPE_CHECKING:
+    from tscope.model.batched import BatchDecoder, Request
+    from tscope.model.interleave import Generation
 
 _SPECIAL = re.compile(r"<\|[^|]*\|>|<IMG_CONTEXT>|<REGION>")
 
@@ -94,13 +100,15 @@ class TerraScopeBackend:
 
     def __init__(self, model: str | Path, quant: str = "none", dtype: str = "bf16", device: str = "auto",
                  tile_overlap: int = 64, scene_tile: int = 448, max_new_tokens: int | None = None,
-                 batch_tiles: int = 4, tile_answers: int = 16, **kwargs):
+                 batch_tiles: int = 8, tile_answers: int = 16, **kwargs):
         if kwargs:
             raise InputError(f"unknown terrascope options: {', '.join(sorted(kwargs))}")
         if scene_tile < 32:
             raise InputError(f"scene tile size must be at least 32 px, got {scene_tile}")
         if not 0 <= tile_overlap < scene_tile:
             raise InputError(f"--tile-overlap must be in [0, {scene_tile}), got {tile_overlap}")
+        if batch_tiles < 1:
+            raise InputError(f"--batch-tiles must be at least 1, got {batch_tiles}")
         from tscope.model.loading import load_terrascope
 
         loaded = load_terrascope(model, dtype=dtype, device=device, quant=quant)
@@ -108,7 +116,7 @@ class TerraScopeBackend:
         self.model_path, self.layout, self.quant, self.dtype = str(model), loaded.layout, quant, dtype
         self.tile_overlap, self.scene_tile = tile_overlap, scene_tile
         self.max_new_tokens = max_new_tokens
-        self.batch_tiles = max(1, batch_tiles)
+        self.batch_tiles = batch_tiles
         self.tile_answers = tile_answers
 
     # --- one prompt ----------------------------------------------------------------------------
@@ -162,8 +170,8 @@ class TerraScopeBackend:
     def reason(self, scenes: Sequence[Scene], query: Query, progress: Progress | None = None) -> Trace:
         """Answer ``query``: measurable tasks from stitched tile masks and the measures; a free-form
         question (``query.task == "free"``) by the model itself (:meth:`answer_free`)."""
+        from tscope.model.batched import BatchDecoder
         from tscope.model.fusion import sar_to_rgb
-        from tscope.model.interleave import prepare_batch
         from tscope.model.tiling import read_rgb, stitch, tile_windows
         from tscope.reason.query import FREE
 
@@ -178,35 +186,36 @@ class TerraScopeBackend:
         windows = tile_windows(grid.width, grid.height, self.scene_tile, self.tile_overlap)
         tile_masks: dict[tuple[str, str], dict[int, np.ndarray]] = {(c, f): {} for c in query.classes for f in frames}
         tile_valid: dict[str, dict[int, np.ndarray]] = {f: {} for f in frames}
-        seg_total = 0
-        for start in range(0, len(windows), self.batch_tiles):
-            batch = list(range(start, min(start + self.batch_tiles, len(windows))))
-            inputs = {}
-            for i in batch:
+        records: dict[int, dict] = {}
+
+        def tile_done(i: int, record: dict, got: dict[tuple[str, str], list[np.ndarray]]) -> None:
+            for key, mask_list in got.items():
+                if mask_list:
+                    tile_masks[key][i] = np.logical_or.reduce(mask_list)
+            w = windows[i]
+            records[i] = {"id": i, "window": [int(w.col_off), int(w.row_off), int(w.width), int(w.height)], **record}
+            if progress:
+                progress(len(records), len(windows))
+
+        def tile_requests() -> Iterator[Request]:
+            # Tiles are read as batch slots free up, so a scene's tiles never sit in memory all at once.
+            for i, window in enumerate(windows):
                 images = []
                 for f in frames:
-                    rgb, valid = read_rgb(by_frame[f], windows[i], limits[f])
+                    rgb, valid = read_rgb(by_frame[f], window, limits[f])
                     images.append(rgb)
                     tile_valid[f][i] = valid
                 sar = None
                 if fusion:
-                    bands, _ = first.read(["vh", "vv"], windows[i])
+                    bands, _ = first.read(["vh", "vv"], window)
                     sar = sar_to_rgb(bands["vh"], bands["vv"], sar_limits)
-                inputs[i] = (images, sar)
-            # Every image of the batch goes through the vision tower in one call.
-            groups = [inputs[i][0] + ([inputs[i][1]] if inputs[i][1] is not None else []) for i in batch]
-            for i, prepared in zip(batch, prepare_batch(self.model, groups), strict=True):
-                images, sar = inputs[i]
-                record, got = self._reason_tile(images, sar, prepared, query, frames)
-                seg_total += record["segs"]
-                for key, mask_list in got.items():
-                    if mask_list:
-                        tile_masks[key][i] = np.logical_or.reduce(mask_list)
-                w = windows[i]
-                trace.tiles.append({"id": i, "window": [int(w.col_off), int(w.row_off), int(w.width), int(w.height)],
-                                    **record})
-                if progress:
-                    progress(i + 1, len(windows))
+                yield self._tile_request(decoder, images, sar, query, frames, partial(tile_done, i))
+
+        decoder = BatchDecoder(self.model, self.tokenizer, self.batch_tiles)
+        decoder.run(tile_requests())
+        trace.tiles.extend(records[i] for i in sorted(records))
+        decoded = decoder.stats()
+        seg_total = sum(t["segs"] for t in trace.tiles)
         masks: dict[tuple[str, str], Mask] = {}
         for frame in frames:
             valid = stitch(grid.shape, windows, tile_valid[frame])
@@ -226,6 +235,9 @@ class TerraScopeBackend:
                            f" quant {self.quant}); {len(windows)} tile(s) of {self.scene_tile} px,"
                            f" overlap {self.tile_overlap} px; region rule {cfg.region.rule},"
                            f" cap {cfg.region.max_tokens}; frame rule {cfg.frame_rule}")
+        trace.notes.append(f"decoding: {decoded['prompts']} prompt(s) in batches of up to {self.batch_tiles}"
+                           f" sequences (at most {decoded['widest']} at once), {decoded['forwards']}"
+                           " language-model forward passes")
         if fusion:
             trace.notes.append("optical+SAR: region tokens chosen per position by the release's query selection"
                                " (Eq. 4-5)")
@@ -348,47 +360,67 @@ class TerraScopeBackend:
         verdict = disagreement(query, trace.numbers, said)
         trace.notes.append(f"the model's own answer ({where}): {said!r}" + (f"; {verdict}" if verdict else ""))
 
-    def _reason_tile(self, images: list[np.ndarray], sar: np.ndarray | None, prepared: list, query: Query,
-                     frames: list[str]) -> tuple[dict, dict[tuple[str, str], list[np.ndarray]]]:
-        """One scene tile: the question, then, for each class it needs that got no [SEG], whether the
-        model affirms the class is there. Returns the tile's trace record and its masks per (class, frame)."""
-        from tscope.model.interleave import generate
+    def _tile_request(self, decoder: BatchDecoder, images: list[np.ndarray], sar: np.ndarray | None, query: Query,
+                      frames: list[str], finished: Callable[[dict, dict], None]) -> Request:
+        """One scene tile as decoder requests: the question, then, for each class it needs that got no
+        [SEG], whether the model affirms the class is there (follow-ups join the running batch as each
+        answer arrives). ``finished(record, masks per (class, frame))`` runs when the tile's last answer is in."""
+        from tscope.model.batched import Request
         from tscope.model.prompt import user_text
 
         system = self.model.config.system_prompt
+        state: dict = {"open": 1}
 
-        gen = generate(self.model, self.tokenizer, images, user_text(query.question, system), self.max_new_tokens,
-                       sar=sar, prepared=prepared)
-        got = self._attribute(gen, frames, query.classes)
-        record = {"answer": answer_of(gen.text), "text": _SPECIAL.sub("", gen.text)[:1000], "segs": len(gen.masks),
-                  "checks": []}
-        for (cls, frame), mask_list in got.items():
-            if mask_list:
-                continue
-            # No [SEG] for this class: ask whether it is there at all. Only an affirmative answer with the
-            # model's own [SEG] gives the tile a mask (a forced [SEG] would give SAM-2's best guess of a
-            # class that may be absent, and stitched masks are OR-ed, so scene figures could only grow).
-            # A pair's [SEG]s alternate between frames, so the check asks about that frame alone (prepared
-            # afresh: a single image is tiled differently from an image of a pair).
-            if len(frames) > 1:
-                single, single_sar, single_prepared = [images[frames.index(frame)]], None, None
-            else:
-                single, single_sar, single_prepared = images, sar, prepared
-            label = query.label(cls)
-            check_text = f"Is there any {label} in the image?"
-            check = generate(self.model, self.tokenizer, single, user_text(check_text, system), self.max_new_tokens,
-                             sar=single_sar, prepared=single_prepared)
-            said = answer_of(check.text)
+        def close() -> None:
+            state["open"] -= 1
+            if state["open"] == 0:
+                finished(state["record"], state["got"])
+
+        def answered(request: Request, gen: Generation) -> None:
+            got = self._attribute(gen, frames, query.classes)
+            record = {"answer": answer_of(gen.text), "text": _SPECIAL.sub("", gen.text)[:1000], "segs": len(gen.masks),
+                      "checks": []}
+            state.update(record=record, got=got)
+            for (cls, frame), mask_list in got.items():
+                if mask_list:
+                    continue
+                # No [SEG] for this class: ask whether it is there at all. Only an affirmative answer with the
+                # model's own [SEG] gives the tile a mask (a forced [SEG] would give SAM-2's best guess of a
+                # class that may be absent, and stitched masks are OR-ed, so scene figures could only grow).
+                # A pair's [SEG]s alternate between frames, so the check asks about that frame alone (prepared
+                # afresh: a single image is tiled differently from an image of a pair).
+                if len(frames) > 1:
+                    single, single_sar, single_prepared = [images[frames.index(frame)]], None, None
+                else:
+                    single, single_sar, single_prepared = images, sar, request.prepared
+                label = query.label(cls)
+                check_text = f"Is there any {label} in the image?"
+                check = {"class": cls, "frame": frame, "asked": check_text}
+                record["checks"].append(check)  # in class order, whatever order the answers come in
+                state["open"] += 1
+                decoder.submit(Request(single, user_text(check_text, system), single_sar, self.max_new_tokens,
+                                       single_prepared, done=partial(checked, check, mask_list, label)))
+            close()
+
+        def checked(check: dict, mask_list: list, label: str, request: Request, gen: Generation) -> None:
+            said = answer_of(gen.text)
             affirmed = bool(re.match(r"\W*yes\b", said, re.IGNORECASE))
-            masks = self._attribute(check, [frame], [cls])[(cls, frame)] if affirmed else []
+            masks = self._attribute(gen, [check["frame"]], [check["class"]])[(check["class"], check["frame"])] \
+                if affirmed else []
+            check.update(answer=said, affirmed=affirmed)
             if affirmed and not masks:
-                ref = generate(self.model, self.tokenizer, single, user_text(f"Please segment the {label}.", system),
-                               self.max_new_tokens, sar=single_sar, prepared=single_prepared)
-                masks = list(ref.masks)
+                decoder.submit(Request(request.images, user_text(f"Please segment the {label}.", system), request.sar,
+                                       self.max_new_tokens, request.prepared,
+                                       done=lambda _, ref: segmented(check, mask_list, list(ref.masks))))
+                return
+            segmented(check, mask_list, masks)
+
+        def segmented(check: dict, mask_list: list, masks: list[np.ndarray]) -> None:
             mask_list.extend(masks)
-            record["checks"].append({"class": cls, "frame": frame, "asked": check_text, "answer": said,
-                                     "affirmed": affirmed, "masks": len(masks)})
-        return record, got
+            check["masks"] = len(masks)
+            close()
+
+        return Request(images, user_text(query.question, system), sar, self.max_new_tokens, done=answered)
 
     def _attribute(self, gen, frames: list[str], classes: list[str]) -> dict[tuple[str, str], list[np.ndarray]]:
         """Masks per (class, frame) of one generation; a [SEG] counts for the class named right before it."""

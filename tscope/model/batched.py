@@ -101,9 +101,14 @@ class BatchDecoder:
         self.valid: torch.Tensor | None = None  # bool (B, T): which cache slots hold real tokens
         self.forwards = 0  # language-model forward passes, prefills included (benchmarks report it)
         self.repacks = 0
+        self.prompts = 0  # sequences admitted
+        self.widest = 0  # the most sequences decoded in one forward
         # Repack when the padded slots exceed both ``repack_waste`` and ``repack_ratio`` x the longest
         # row's real tokens (a repack copies the whole cache; attention over padding costs every step).
         self.repack_waste, self.repack_ratio = 64, 1.0
+
+    def stats(self) -> dict[str, int]:
+        return {"prompts": self.prompts, "widest": self.widest, "forwards": self.forwards, "repacks": self.repacks}
 
     def submit(self, request: Request) -> Request:
         self.queue.append(request)
@@ -135,6 +140,7 @@ class BatchDecoder:
 
     def _admit(self, requests: list[Request]) -> None:
         model, cfg = self.model, self.model.config
+        self.prompts += len(requests)
         need = [r for r in requests if r.prepared is None]
         if need:  # one vision-tower call for every newcomer's images
             groups = [list(r.images) + ([r.sar] if r.sar is not None else []) for r in need]
@@ -189,6 +195,7 @@ class BatchDecoder:
 
     def _step(self) -> None:
         model, rows = self.model, self.rows
+        self.widest = max(self.widest, len(rows))
         width = max(len(r.pending) for r in rows)
         batch, hidden_size = len(rows), rows[0].pending.shape[-1]
         device = self.valid.device
