@@ -139,3 +139,74 @@ def test_scene_mode_decodes_tiles_in_batches_with_the_tile_by_tile_result(native
     assert np.array_equal(four.masks["01_forest"].data, one.masks["01_forest"].data)
     assert four.numbers["coverage_percent"].value == one.numbers["coverage_percent"].value
     assert any("at most 4 at once" in n for n in four.notes) and any("at most 1 at once" in n for n in one.notes)
+
+
+def test_batch_loads_the_model_once_per_worker(native, slovenia, tmp_path, monkeypatch):
+    """Two AOIs x two questions on one Dask worker (GPU=1 resource, as a GPU cluster runs it): one load."""
+    import rasterio
+    from distributed import LocalCluster
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping
+
+    import tscope.batch.run as batch_run
+    import tscope.model.loading as loading
+    from tests.stac_server import StacServer
+    from tscope.batch.run import BatchConfig, run_batch
+
+    with rasterio.open(slovenia) as src:
+        b, crs = src.bounds, src.crs
+    half = (b.right - b.left) / 2
+    features = [{"type": "Feature", "id": f"half-{i}", "properties": {},
+                 "geometry": transform_geom(crs, "EPSG:4326", mapping(box(b.left + i * half + 40, b.bottom + 40,
+                                                                          b.left + (i + 1) * half - 40, b.top - 40)))}
+                for i in range(2)]
+    aois = tmp_path / "aois.geojson"
+    aois.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+    loads = []
+    real_load = loading.load_terrascope
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_terrascope", counted)
+    monkeypatch.setattr(batch_run, "_MODELS", {})
+    options = dict(model=str(native), dtype="fp32", device="cpu", batch_tiles=2)
+    with StacServer(tmp_path / "assets") as server:
+        config = BatchConfig(questions=("What percentage of the image is covered by forest?",
+                                        "What percentage of the image is covered by water?"),
+                             datetimes=("2015-08-01/2015-09-01",), catalog=server.url, backend="terrascope",
+                             backend_options=options)
+        # A worker in this process (so the counter sees its loads), holding one GPU, as `dask worker
+        # --resources GPU=1` would; each AOI task asks for it.
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                          resources={"GPU": 1}) as cluster:
+            summary = run_batch(aois, config, tmp_path / "out", scheduler=cluster.scheduler_address,
+                                resources={"GPU": 1})
+    assert summary.failed == [] and len(summary.results) == 2
+    assert loads == [str(native)]  # one load for 2 AOIs x 2 questions
+    answer = json.loads(next((tmp_path / "out" / "half-0" / "answers").glob("q01-*/answer.json")).read_text())
+    assert answer["backend"] == "terrascope"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["backend_options"]["batch_tiles"] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "terrascope"], "--backend terrascope needs --model DIR"),
+    (["--resources", "GPU=one"], "--resources: expected NAME=AMOUNT"),
+    (["--backend", "terrascope", "--model", ".", "--batch-tiles", "0"], "--batch-tiles must be at least 1"),
+])
+def test_batch_model_options_are_checked_before_any_work(tmp_path, extra, message):
+    from tests.conftest import run_cli
+
+    aois = tmp_path / "aois.geojson"
+    aois.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+            [[14.0, 46.0], [14.01, 46.0], [14.01, 46.01], [14.0, 46.01], [14.0, 46.0]]]}}]}))
+    result = run_cli("batch", aois, "--question", "What % is forest?", "--datetime", "2020-01-01/2020-02-01",
+                     "--out", tmp_path / "out", *extra, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"tscope: error: {message}")
+    assert not (tmp_path / "out").exists()
+

@@ -8,7 +8,7 @@ from typing import Any
 
 from tscope.errors import InputError
 from tscope.geo.scene import ReadOptions, open_scenes
-from tscope.reason.backend import Progress, get_backend
+from tscope.reason.backend import Backend, Progress, get_backend
 from tscope.reason.query import NotMeasurable, free_query, parse_query
 from tscope.reason.trace import Trace
 from tscope.report import default_out_dir, prepare_out_dir, write_outputs
@@ -18,7 +18,7 @@ def ask(
     scenes: Sequence[str | Path],
     question: str,
     *,
-    backend: str = "spectral",
+    backend: str | Backend = "spectral",
     backend_options: dict[str, Any] | None = None,
     read_options: ReadOptions | None = None,
     out: str | Path | None = None,
@@ -31,17 +31,19 @@ def ask(
     A measurable question (coverage, area, ...) is answered from masks with the shared measures by
     either backend; any other question (free-form, multiple-choice) goes to the TerraScope model as
     written. Everything that can be checked before the work (scenes, question, backend, ``out``) is
-    checked first, so bad input fails fast and leaves nothing behind.
+    checked first, so bad input fails fast and leaves nothing behind. ``backend``: a name (built with
+    ``backend_options``) or a backend already built (``tscope batch`` reuses one model per worker).
     """
+    name = backend if isinstance(backend, str) else backend.name
     opened = open_scenes(scenes, read_options)
     try:
         query = parse_query(question, n_scenes=len(opened))
     except NotMeasurable as exc:
-        if backend != "terrascope":
-            raise InputError(f"{exc}. The {backend} backend answers measurable questions only; free-form and"
+        if name != "terrascope":
+            raise InputError(f"{exc}. The {name} backend answers measurable questions only; free-form and"
                              " multiple-choice questions need --backend terrascope --model DIR") from None
         query = free_query(question, n_scenes=len(opened))
-    engine = get_backend(backend, **(backend_options or {}))
+    engine = get_backend(backend, **(backend_options or {})) if isinstance(backend, str) else backend
     out_dir = None
     if write:
         out_dir = prepare_out_dir(Path(out) if out else default_out_dir(scenes[0], question), overwrite)

@@ -57,6 +57,7 @@ class BatchConfig:
     max_cloud: float | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
     backend: str = "spectral"
+    backend_options: dict = field(default_factory=dict)
     policy: NetworkPolicy = field(default_factory=NetworkPolicy)
 
     def __post_init__(self) -> None:
@@ -133,12 +134,47 @@ def read_questions(questions: list[str] | None, questions_file: Path | None) -> 
     return tuple(out)
 
 
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """``GPU=1,MEM=8e9`` -> {"GPU": 1.0, "MEM": 8e9} (Dask worker resources); None for none."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()) or not amount > 0:
+            raise InputError(f"--resources: expected NAME=AMOUNT[,NAME=AMOUNT], got {part!r}")
+        out[name.strip()] = amount
+    return out
+
+
 def question_slug(index: int, question: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", question.lower()).strip("-")[:40].rstrip("-") or "question"
     return f"q{index + 1:02d}-{slug}"
 
 
 # --- one AOI (runs on a Dask worker) -----------------------------------------------------------
+
+# The terrascope backend (its model) of each configuration, built once per worker process and reused
+# by every AOI and question that process runs: a model is loaded per worker, not per AOI.
+_MODELS: dict[str, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def worker_backend(config: BatchConfig) -> Any:
+    """The backend ``ask`` gets: the worker's cached terrascope backend, or the name of a cheap one."""
+    if config.backend != "terrascope":
+        return config.backend
+    from tscope.reason.backend import get_backend
+
+    key = json.dumps(config.backend_options, sort_keys=True)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = get_backend(config.backend, **config.backend_options)
+        return _MODELS[key]
 
 
 @contextlib.contextmanager
@@ -233,7 +269,7 @@ def _build(aoi_id: str, geometry: dict, config: BatchConfig, final: Path) -> dic
     answers = {}
     for index, question in enumerate(config.questions):
         slug = question_slug(index, question)
-        trace = ask(scenes, question, backend=config.backend, out=final / "answers" / slug, overwrite=True)
+        trace = ask(scenes, question, backend=worker_backend(config), out=final / "answers" / slug, overwrite=True)
         answers[slug] = {"question": question, "answer": trace.answer,
                          "numbers": {k: v.value for k, v in trace.numbers.items()}}
     return {"status": "done", "aoi": aoi_id, "geometry": geometry, "scenes": fetched,
@@ -265,7 +301,7 @@ class BatchSummary:
                 "done": len(self.results) - len(self.failed)}
 
 
-def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
+def _client(workers: int, scheduler: str | None, resources: dict[str, float] | None = None) -> tuple[Any, Any]:
     from distributed import Client, LocalCluster
 
     # Dask logs every worker start and stop at INFO, and its shutdown noise at WARNING: quieter than
@@ -280,7 +316,8 @@ def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
         except (OSError, TimeoutError) as exc:
             raise RuntimeFailure(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     with _workers_ignore_ctrl_c():
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               resources=resources or None)
     return Client(cluster), cluster
 
 
@@ -303,8 +340,13 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
 
 def run_batch(aois_path: str | Path, config: BatchConfig, out: str | Path, *, workers: int = 2,
               scheduler: str | None = None, overwrite: bool = False,
-              progress: Callable[[int, int], None] | None = None) -> BatchSummary:
-    """Run every AOI not yet done; the manifest is updated as each one finishes."""
+              progress: Callable[[int, int], None] | None = None,
+              resources: dict[str, float] | None = None) -> BatchSummary:
+    """Run every AOI not yet done; the manifest is updated as each one finishes.
+
+    ``resources`` (e.g. ``{"GPU": 1}``): what each AOI task holds on its worker (Dask worker resources),
+    so a worker started with ``--resources GPU=1`` runs one AOI at a time; the local cluster's workers
+    get them too."""
     from tscope.batch.manifest import open_manifest
 
     aois = read_aois(aois_path)
@@ -327,9 +369,10 @@ def run_batch(aois_path: str | Path, config: BatchConfig, out: str | Path, *, wo
     if todo:
         from distributed import as_completed
 
-        client, cluster = _client(workers, scheduler)
+        client, cluster = _client(workers, scheduler, resources)
         try:
-            futures = {client.submit(run_aoi, a, g, config, str(out), pure=False, retries=0): a for a, g in todo}
+            futures = {client.submit(run_aoi, a, g, config, str(out), pure=False, retries=0,
+                                     resources=resources or None): a for a, g in todo}
             for n, future in enumerate(as_completed(futures), start=1):
                 aoi_id = futures[future]
                 try:

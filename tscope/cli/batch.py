@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tscope.cli.options import JsonOption, OverwriteOption, print_json, progress_bar
-from tscope.errors import RuntimeFailure
+from tscope.errors import InputError, RuntimeFailure
 
 
 def command(
@@ -26,6 +26,14 @@ def command(
     bands: str = typer.Option(None, "--bands", help="Common names to fetch (default: all 10/20 m bands + scl)."),
     workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes."),
     scheduler: str = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler (tcp://...)."),
+    resources: str = typer.Option(None, "--resources",
+                                  help="Dask resources each AOI holds, e.g. GPU=1 (workers: dask worker --resources)."),
+    backend: str = typer.Option("spectral", "--backend", help="spectral or terrascope (one model per worker)."),
+    model: Path = typer.Option(None, "--model", help="terrascope: checkpoint folder, seen by every worker."),
+    quant: str = typer.Option("none", "--quant", help="terrascope: none, 8bit or 4bit."),
+    dtype: str = typer.Option("bf16", "--dtype", help="terrascope: bf16, fp16 or fp32."),
+    device: str = typer.Option("auto", "--device", help="terrascope: auto, cpu, cuda, cuda:N."),
+    batch_tiles: int = typer.Option(8, "--batch-tiles", help="terrascope: tile prompts decoded together."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each HTTP answer."),
     retries: int = typer.Option(4, "--retries", help="Retries on connection errors, 429 and 5xx."),
     backoff: float = typer.Option(1.0, "--backoff", help="First retry delay (s), doubled after each retry."),
@@ -34,19 +42,30 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run fetch -> stack -> ask for every AOI; resumable; exit 1 if any AOI failed."""
-    from tscope.batch.run import BatchConfig, read_questions, run_batch
+    from tscope.batch.run import BatchConfig, parse_resources, read_questions, run_batch
+    from tscope.reason.backend import BACKENDS
     from tscope.stac.http import NetworkPolicy
     from tscope.stac.load import LoadOptions
 
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    options: dict = {}
+    if backend == "terrascope":
+        if model is None or not model.is_dir():
+            raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")
+        if batch_tiles < 1:
+            raise InputError(f"--batch-tiles must be at least 1, got {batch_tiles}")
+        options = dict(model=str(model.absolute()), quant=quant, dtype=dtype, device=device, batch_tiles=batch_tiles)
     names = tuple(b.strip().lower() for b in bands.split(",") if b.strip()) if bands else None
     config = BatchConfig(
         questions=read_questions(question, questions), datetimes=tuple(datetime), catalog=catalog,
         collection=collection, max_cloud=max_cloud, load=LoadOptions(crs=crs, resolution=resolution, bands=names),
         policy=NetworkPolicy(timeout=timeout, connect_timeout=min(timeout, 10.0), retries=retries, backoff=backoff),
+        backend=backend, backend_options=options,
     )
     with progress_bar("AOIs", quiet=quiet) as progress:
         summary = run_batch(aois, config, out, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                            progress=progress)
+                            progress=progress, resources=parse_resources(resources))
     if as_json:
         print_json(summary.to_dict())
     else:
