@@ -95,6 +95,9 @@ def test_chat_returns_masks_per_image(native):
 
 def test_benchmark_tiny_runs_on_cpu():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model_latency.py"), "--tiny",
-                             "--new-tokens", "16", "--quant", "none"], capture_output=True, text=True, timeout=300)
+                             "--new-tokens", "8", "--segs", "1", "--samples", "1", "--batches", "1,2"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "s/sample" in result.stdout and "none" in result.stdout
+    header, _, row, paper = result.stdout.splitlines()[1:5]
+    assert "s/sample b1" in header and "tiles/s b2" in header and "batched/unbatched (b2)" in header
+    assert row.startswith("| tiny | CPU | none |") and paper.startswith("| paper | A100 | bf16 | 2.48 |")
