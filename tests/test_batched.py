@@ -131,7 +131,8 @@ def test_scene_mode_decodes_tiles_in_batches_with_the_tile_by_tile_result(native
     question = "What percentage of the image is covered by forest?"
     traces = {}
     for batch in (1, 4):
-        options = dict(model=native, dtype="fp32", device="cpu", tile_overlap=16, scene_tile=64, batch_tiles=batch)
+        options = dict(model=native, dtype="fp32", device="cpu", tile_overlap=16, scene_tile=64, batch_tiles=batch,
+                       max_new_tokens=6)
         traces[batch] = ask([slovenia], question, backend="terrascope", backend_options=options, write=False)
     one, four = traces[1], traces[4]
     assert len(four.tiles) == 4 and any(t["checks"] for t in four.tiles)  # questions and follow-up checks

@@ -77,8 +77,7 @@ class _Row:
     def out(self) -> Generation:
         return self.loop.out
 
-    def choose(self, logits: torch.Tensor) -> int:
-        greedy = int(logits.argmax())
+    def choose(self, greedy: int) -> int:
         override = self.request.override
         return override(len(self.out.token_ids), greedy) if override is not None else greedy
 
@@ -164,9 +163,10 @@ class BatchDecoder:
             # Equal lengths, so no padding: each prompt's prefill is the single-prompt loop's computation.
             out = model.language_model(inputs_embeds=torch.cat([e for _, e in group]), cache=None, use_cache=True)
             self.forwards += 1
-            logits = self._logits(out.last_hidden_state[:, -1])
+            greedy = self._greedy(out.last_hidden_state[:, -1])
             for b, row in enumerate(rows):
-                self._advance(row, row.choose(logits[b]))
+                self._advance(row, row.choose(greedy[b]))
+            self._embed_tokens(rows)
             keep = [b for b, row in enumerate(rows) if not row.finished]
             if keep:
                 self._join([rows[b] for b in keep], out.cache, keep)
@@ -221,7 +221,7 @@ class BatchDecoder:
         self.forwards += 1
         self.cache = out.cache
         last = out.last_hidden_state[:, -1]
-        logits = self._logits(last)
+        greedy = self._greedy(last)
         segs = []
         for b, row in enumerate(rows):
             if row.fed_token is None:  # region tokens were fed
@@ -229,7 +229,7 @@ class BatchDecoder:
                     row.out.stop = "max_segs"
                     row.finished = True
                 else:
-                    self._advance(row, row.choose(logits[b]))
+                    self._advance(row, row.choose(greedy[b]))
                 continue
             token = row.fed_token
             if row.loop.sar is not None:
@@ -238,12 +238,13 @@ class BatchDecoder:
                 segs.append((b, row))
                 continue
             row.loop.since_seg.append(token)
-            nxt = row.choose(logits[b])
+            nxt = row.choose(greedy[b])
             if len(row.out.all_ids) >= row.limit:
                 row.out.stop = "max_new_tokens"
                 row.finished = True
             else:
                 self._advance(row, nxt)
+        self._embed_tokens(rows)
         if segs:
             self._encode_for([row for _, row in segs])
             for b, row in segs:
@@ -265,13 +266,21 @@ class BatchDecoder:
             row.out.stop = "eos" if token == self.tokens.eos else "stop-id"
             row.finished = True
             return
-        row.fed_token = token
-        row.pending = self.model.embed(torch.tensor([[token]]))[0]
+        row.fed_token, row.pending = token, None  # embedded with the other rows' tokens (_embed_tokens)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _embed_tokens(self, rows: list[_Row]) -> None:
+        """One embedding lookup for every row that chose a token to feed (a lookup is exact either way)."""
+        todo = [row for row in rows if not row.finished and row.pending is None]
+        if todo:
+            embedded = self.model.embed(torch.tensor([[row.fed_token for row in todo]]))[0]
+            for i, row in enumerate(todo):
+                row.pending = embedded[i:i + 1]
+
+    def _greedy(self, hidden: torch.Tensor) -> list[int]:
+        """(B, H) last hidden states -> each row's greedy token, with one device-to-host transfer."""
         head = self.model.lm_head
         dtype = head.weight.dtype if head.weight.dtype.is_floating_point else hidden.dtype
-        return head(hidden.to(dtype)).float()
+        return head(hidden.to(dtype)).float().argmax(dim=-1).tolist()
 
     def _encode_for(self, rows: list[_Row]) -> None:
         """SAM-2-encode, in one call, the images these rows' [SEG]s decode on that have no encoding yet."""
