@@ -74,11 +74,12 @@ def test_cli_change_pair_with_terrascope(native, joplin_pair, tmp_path):
     before, after = joplin_pair
     result = run_cli("ask", before, after, "How much did the built-up area change?", "--backend", "terrascope",
                      "--model", native, "--dtype", "fp32", "--device", "cpu", "--json", "--out", tmp_path / "o",
-                     cwd=ROOT)
+                     "--batch-tiles", "2", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no transformers warnings or progress bars: only tscope speaks on stderr
     data = json.loads(result.stdout)
     assert {m["frame"] for m in data["masks"].values()} == {"t1", "t2"}
+    assert any("in batches of up to 2 sequences" in note for note in data["notes"])
     assert "net_m2" in data["numbers"]
 
 
