@@ -58,14 +58,13 @@ def test_free_question_on_a_geotiff_is_answered_by_the_model(native, slovenia, t
 
 
 def _scripted(monkeypatch, reply: str, seen: list[str]):
-    import tscope.model.interleave as interleave
     from tscope.model.interleave import Generation
 
     def scripted(model, tokenizer, images, text, max_new_tokens=None, sar=None, prepared=None, override=None):
         seen.append(text)
         return Generation(text=reply, token_ids=tokenizer.encode(reply, add_special_tokens=False))
 
-    monkeypatch.setattr(interleave, "generate", scripted)
+    tt.script_model(monkeypatch, scripted)
 
 
 def test_multiple_choice_text_is_passed_through_and_the_letter_reported(native, slovenia, tmp_path, monkeypatch):

@@ -155,13 +155,12 @@ def test_model_package_exports_the_generate_function():
 def test_a_tile_gains_a_class_mask_only_when_the_model_affirms_it(slovenia, tmp_path, monkeypatch):
     """No forced [SEG]: a class the answer did not segment is asked about; "no" leaves the tile without it."""
     from tscope.ask import ask
-    from tscope.model.batched import BatchDecoder
     from tscope.model.interleave import Generation
 
     native = tt.write_native(tmp_path / "native")
     script: list[tuple[str, str, bool]] = []  # (prompt, what the model says, whether it segments)
 
-    def scripted(tokenizer, images, text):
+    def scripted(model, tokenizer, images, text, max_new_tokens=None, sar=None, prepared=None, override=None):
         reply = "<think>I look.</think><answer>unsure</answer>"
         segments = False
         if "Is there any forest" in text:
@@ -176,13 +175,7 @@ def test_a_tile_gains_a_class_mask_only_when_the_model_affirms_it(slovenia, tmp_
             gen.masks = [np.ones(images[0].shape[:2], bool)]
         return gen
 
-    def scripted_run(self, source=()):  # the decoder's contract: every request's done(request, generation)
-        pending = iter(source)
-        while (request := self.queue.popleft() if self.queue else next(pending, None)) is not None:
-            request.result = scripted(self.tokenizer, request.images, request.text)
-            request.done(request, request.result)
-
-    monkeypatch.setattr(BatchDecoder, "run", scripted_run)
+    tt.script_model(monkeypatch, scripted)
     options = dict(model=native, dtype="fp32", device="cpu", tile_overlap=16, scene_tile=64)
     question = "What percentage of the image is covered by forest?"
     affirm = False

@@ -129,3 +129,22 @@ def write_released(path: Path, **kwargs) -> Path:
     (path / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(str(path))
     return path
+
+
+def script_model(monkeypatch, scripted) -> None:
+    """Replace the model's generation everywhere with ``scripted`` (``interleave.generate``'s signature):
+    the single-prompt loop, and the batched decoder, whose requests it answers one by one."""
+    import tscope.model.interleave as interleave
+    from tscope.model.batched import BatchDecoder
+
+    def run(self, source=()):
+        pending = iter(source)
+        while (request := self.queue.popleft() if self.queue else next(pending, None)) is not None:
+            request.result = scripted(self.model, self.tokenizer, request.images, request.text,
+                                      request.max_new_tokens, sar=request.sar, prepared=request.prepared,
+                                      override=request.override)
+            if request.done is not None:
+                request.done(request, request.result)
+
+    monkeypatch.setattr(interleave, "generate", scripted)
+    monkeypatch.setattr(BatchDecoder, "run", run)
