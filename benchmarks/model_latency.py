@@ -56,7 +56,7 @@ def real_size_checkpoint(path: Path) -> Path:
         "image_token_id": tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), "downsample_ratio": 0.5,
         "vision_feature_layer": -1, "vision_feature_select_strategy": "default", "tie_word_embeddings": False,
     }
-    config = TerraScopeConfig(internvl=internvl, sam2=hiera_large_sam2())
+    config = TerraScopeConfig(internvl=internvl, sam2=hiera_large_sam2(), max_tiles=1)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
         model = TerraScopeModel(config)
