@@ -287,6 +287,7 @@ class TerraScopeBackend:
         decimated until it fits, its masks mapped back onto the scene grid (nearest), and -- for at
         most ``tile_answers`` scene tiles -- each tile's own answer listed under Tiles.
         """
+        from tscope.model.batched import BatchDecoder, Request
         from tscope.model.interleave import generate
         from tscope.model.prompt import user_text
         from tscope.model.tiling import read_rgb, tile_windows, upsample_nearest
@@ -324,15 +325,23 @@ class TerraScopeBackend:
                                " onto the scene grid at that resolution")
             windows = tile_windows(grid.width, grid.height, self.scene_tile, self.tile_overlap)
             if len(windows) <= self.tile_answers:
-                for i, window in enumerate(windows):
-                    tile = [read_rgb(inputs.by_frame[f], window, inputs.limits[f])[0] for f in inputs.frames]
-                    one = generate(self.model, self.tokenizer, tile, text, self.max_new_tokens)
+                done: list[int] = []
+
+                def answered(request: Request, gen: Generation) -> None:
+                    done.append(request.tag)
+                    if progress:
+                        progress(len(done), len(windows))
+
+                requests = [Request([read_rgb(inputs.by_frame[f], window, inputs.limits[f])[0] for f in inputs.frames],
+                                    text, max_new_tokens=self.max_new_tokens, done=answered, tag=i)
+                            for i, window in enumerate(windows)]
+                BatchDecoder(self.model, self.tokenizer, self.batch_tiles).run(requests)
+                for i, (window, request) in enumerate(zip(windows, requests, strict=True)):
+                    one = request.result
                     trace.tiles.append({"id": i, "window": [int(window.col_off), int(window.row_off),
                                                             int(window.width), int(window.height)],
                                         "answer": answer_of(one.text), "text": _SPECIAL.sub("", one.text)[:1000],
                                         "segs": len(one.masks), "checks": []})
-                    if progress:
-                        progress(i + 1, len(windows))
                 trace.notes.append(f"each of the {len(windows)} scene tiles' own answers is listed under Tiles")
             else:
                 trace.notes.append(f"the scene has {len(windows)} tiles of {self.scene_tile} px, more than"
