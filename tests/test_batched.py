@@ -211,3 +211,11 @@ def test_batch_model_options_are_checked_before_any_work(tmp_path, extra, messag
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"tscope: error: {message}")
     assert not (tmp_path / "out").exists()
 
+
+
+def test_sequences_that_stop_at_their_first_token_do_not_end_the_run(tiny):
+    model, tok = tiny
+    eos = tok.eos_token_id
+    requests = [Request([_image(64, 64, i)], "<image>\nWhere?", override=lambda step, greedy: eos) for i in range(5)]
+    BatchDecoder(model, tok, batch_size=2).run(iter(requests))  # every admitted batch empties at once
+    assert all(r.result is not None and r.result.token_ids == [eos] and r.result.stop == "eos" for r in requests)

@@ -115,25 +115,24 @@ class BatchDecoder:
 
     @torch.no_grad()
     def run(self, source: Iterable[Request] = ()) -> None:
-        pending: Iterator[Request] = iter(source)
+        pending: Iterator[Request] | None = iter(source)
         while True:
             free = self.batch_size - len(self.rows)
             joining = []
             while len(joining) < free:
                 if self.queue:
                     joining.append(self.queue.popleft())
-                else:
-                    nxt = next(pending, None)
-                    if nxt is None:
-                        break
+                elif pending is not None and (nxt := next(pending, None)) is not None:
                     joining.append(nxt)
+                else:
+                    pending = None  # the source is exhausted
+                    break
             if joining:
-                self._admit(joining)
-            if not self.rows:
-                if not self.queue:
-                    return
-                continue
-            self._step()
+                self._admit(joining)  # all of them may stop at their first token
+            if self.rows:
+                self._step()
+            elif not joining and not self.queue:
+                return
 
     # --- joining ---------------------------------------------------------------------------
 
