@@ -15,8 +15,8 @@ tokens the cache is repacked (each row's real keys moved together), which change
 
 Continuous batching: finished sequences leave at once and new prompts join between steps -- their
 images go through the vision tower together, prompts of equal length are prefilled together (no
-padding, so a prefill is the same computation as the single-prompt loop's), and their caches are
-appended to the batch's. SAM-2 encodes an image the first time a ``[SEG]`` needs it, batched over the
+padding: each prompt's prefill attends to exactly its own tokens, as in the single-prompt loop), and
+their caches are appended to the batch's. SAM-2 encodes an image the first time a ``[SEG]`` needs it, batched over the
 sequences that reach their first ``[SEG]`` at the same step, and never twice.
 """
 
