@@ -87,7 +87,8 @@ def run(path: Path, quant: str, dtype: str, device: str, args) -> dict:
     import torch
 
     from tscope.model.batched import BatchDecoder, Request
-    from tscope.model.interleave import generate, user_text
+    from tscope.model.interleave import generate
+    from tscope.model.prompt import user_text
     from tscope.model.loading import load_terrascope
 
     cuda = device.startswith("cuda")
