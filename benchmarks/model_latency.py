@@ -88,8 +88,8 @@ def run(path: Path, quant: str, dtype: str, device: str, args) -> dict:
 
     from tscope.model.batched import BatchDecoder, Request
     from tscope.model.interleave import generate
-    from tscope.model.prompt import user_text
     from tscope.model.loading import load_terrascope
+    from tscope.model.prompt import user_text
 
     cuda = device.startswith("cuda")
     loaded = load_terrascope(path, dtype=dtype, device=device, quant=quant)
