@@ -71,20 +71,26 @@ def test_batched_decoding_equals_the_single_prompt_loop(tiny):
         model.sam_encodes = 0
         reference = [generate(model, tok, **s) for s in specs]
         single_encodes = model.sam_encodes
-        model.sam_encodes = 0
+        runs = {}
         # Eight prompts through three slots: sequences leave at different steps and the queued ones join.
-        decoder = BatchDecoder(model, tok, batch_size=3)
-        decoder.repack_waste, decoder.repack_ratio = 0, 0.0  # repack whenever there is padding
-        requests = [Request(**s) for s in specs]
-        decoder.run(requests)
+        # Region tokens all at once (padded chunks, repacked whenever there is padding) or one per step.
+        for chunk in (None, 1):
+            model.sam_encodes = 0
+            decoder = BatchDecoder(model, tok, batch_size=3, region_chunk=chunk)
+            decoder.repack_waste, decoder.repack_ratio = 0, 0.0
+            requests = [Request(**s) for s in specs]
+            decoder.run(requests)
+            runs[chunk] = (decoder, requests, model.sam_encodes)
     finally:
         model.config.max_segs = saved
     assert {g.stop for g in reference} == {"eos", "max_new_tokens", "max_segs"}
     assert len({len(g.token_ids) for g in reference}) >= 5 and sum(len(g.masks) for g in reference) >= 10
-    assert model.sam_encodes == single_encodes  # each image encoded once, only when a [SEG] needs it
-    for ref, request in zip(reference, requests, strict=True):
-        _same(ref, request.result)
-    assert decoder.repacks >= 1  # the padded cache was repacked at least once, and nothing changed
+    for _, requests, encodes in runs.values():
+        assert encodes == single_encodes  # each image encoded once, only when a [SEG] needs it
+        for ref, request in zip(reference, requests, strict=True):
+            _same(ref, request.result)
+    assert runs[None][0].repacks >= 1  # the padded cache was repacked at least once, and nothing changed
+    assert runs[1][0].forwards > runs[None][0].forwards  # one region token per step: more, narrower steps
 
 
 def test_follow_up_prompts_join_the_running_batch_and_reuse_encodings(tiny):

@@ -11,7 +11,9 @@ of its mask -- left-padded to the widest chunk of the step, so the last column i
 newest input. Padded slots are never attended to (an explicit 4-D mask), and positions are explicit
 per sequence (the number of real tokens before it), so each sequence sees exactly what it would see
 alone. Padding piles up in the cache as sequences take region steps; when it outweighs the real
-tokens the cache is repacked (each row's real keys moved together), which changes no position.
+tokens the cache is repacked (each row's real keys moved together), which changes no position. With
+``region_chunk=k`` a sequence feeds at most k region tokens per step (the default on CPU is one), so
+the chunks stay narrow; feeding them over several steps is the same causal computation.
 
 Continuous batching: finished sequences leave at once and new prompts join between steps -- their
 images go through the vision tower together, prompts of equal length are prefilled together (no
@@ -89,10 +91,19 @@ class BatchDecoder:
     lazily, when a slot is free, after the queued ones) until both are exhausted.
     """
 
-    def __init__(self, model: TerraScopeModel, tokenizer, batch_size: int = 8):
+    def __init__(self, model: TerraScopeModel, tokenizer, batch_size: int = 8, region_chunk: int | None = -1):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        # Region tokens fed per step: None = all at once (the step's chunk is padded to the widest row);
+        # k = at most k per step, so a [SEG]'s region tokens take several steps but pad the others less.
+        # A GPU decode step costs about the same for 1 or 8 tokens a row (weights are read once), a CPU
+        # one about 8 times more, hence the default (-1): all at once on CUDA, one per step elsewhere.
+        if region_chunk == -1:
+            region_chunk = None if model.device.type == "cuda" else 1
+        if region_chunk is not None and region_chunk < 1:
+            raise ValueError("region_chunk must be None or at least 1")
+        self.region_chunk = region_chunk
         self.tokens = Tokens(tokenizer, model.config.tokens)
         self.queue: deque[Request] = deque()
         self.rows: list[_Row] = []
@@ -195,15 +206,18 @@ class BatchDecoder:
     def _step(self) -> None:
         model, rows = self.model, self.rows
         self.widest = max(self.widest, len(rows))
-        width = max(len(r.pending) for r in rows)
+        chunk = self.region_chunk or max(len(r.pending) for r in rows)
+        feeds = [row.pending[:chunk] for row in rows]
+        width = max(len(f) for f in feeds)
         batch, hidden_size = len(rows), rows[0].pending.shape[-1]
         device = self.valid.device
         embeds = torch.zeros(batch, width, hidden_size, dtype=model.dtype, device=device)
         positions = torch.zeros(batch, width, dtype=torch.long, device=device)
         fed = torch.zeros(batch, width, dtype=torch.bool, device=device)
-        for b, row in enumerate(rows):
-            k = len(row.pending)
-            embeds[b, width - k:] = row.pending.to(model.dtype)
+        for b, (row, feed) in enumerate(zip(rows, feeds, strict=True)):
+            k = len(feed)
+            row.pending = row.pending[k:]  # region tokens left for the next steps
+            embeds[b, width - k:] = feed.to(model.dtype)
             positions[b] = row.position  # padded slots: any position, they are never attended to
             positions[b, width - k:] = torch.arange(row.position, row.position + k, device=device)
             fed[b, width - k:] = True
@@ -224,6 +238,8 @@ class BatchDecoder:
         segs = []
         for b, row in enumerate(rows):
             if row.fed_token is None:  # region tokens were fed
+                if len(row.pending):
+                    continue  # more to feed; only the last one's logits choose the next token
                 if len(row.out.masks) >= model.config.max_segs:
                     row.out.stop = "max_segs"
                     row.finished = True
@@ -232,7 +248,7 @@ class BatchDecoder:
                 continue
             token = row.fed_token
             if row.loop.sar is not None:
-                row.loop.query = torch.cat([row.loop.query, row.pending.to(row.loop.query.dtype)])
+                row.loop.query = torch.cat([row.loop.query, feeds[b].to(row.loop.query.dtype)])
             if token == self.tokens.seg:
                 segs.append((b, row))
                 continue
