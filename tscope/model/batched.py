@@ -33,6 +33,7 @@ import torch
 
 from tscope.model.architecture import TerraScopeModel
 from tscope.model.interleave import (
+    SAR_IMAGE_PREFIX,
     Generation,
     Override,
     PreparedImage,
@@ -160,7 +161,8 @@ class BatchDecoder:
             prepared = request.prepared
             sar = request.sar is not None
             optical, sar_image = (prepared[:-1], prepared[-1]) if sar else (prepared, None)
-            ids = build_prompt(self.tokenizer, cfg.tokens, request.text, [p.layout for p in prepared])
+            ids = build_prompt(self.tokenizer, cfg.tokens, request.text, [p.layout for p in prepared],
+                               SAR_IMAGE_PREFIX if sar else "")
             embeds = prompt_embeddings(model, ids, self.tokens, prepared)
             out = Generation(text="", token_ids=[], prompt_ids=ids)
             query = embeds[0, text_positions(ids, self.tokens)]
