@@ -225,3 +225,38 @@ def test_sequences_that_stop_at_their_first_token_do_not_end_the_run(tiny):
     requests = [Request([_image(64, 64, i)], "<image>\nWhere?", override=lambda step, greedy: eos) for i in range(5)]
     BatchDecoder(model, tok, batch_size=2).run(iter(requests))  # every admitted batch empties at once
     assert all(r.result is not None and r.result.token_ids == [eos] and r.result.stop == "eos" for r in requests)
+
+
+def test_official_reference_cases_decoded_together_match_the_official_outputs():
+    """The release's own outputs (tests/reference, see test_official_reference.py), all cases in one
+    batched run through three slots: ids, stops, regions, frames, [SEG] states and masks."""
+    from PIL import Image
+
+    from tscope.model.loading import load_terrascope
+
+    reference = Path(__file__).parent / "reference" / "data"
+    cases = json.loads((reference / "cases.json").read_text())["cases"]
+    stops = {"eos": "eos", "gen_cap": "max_new_tokens", "seg_iterations_20": "max_segs"}
+    loaded = load_terrascope(reference / "checkpoint", dtype="fp32", device="cpu")
+    requests = []
+    for spec in cases:
+        schedule = {int(n): int(t) for n, t in spec["schedule"].items()}
+        images = [np.asarray(Image.open(reference / name).convert("RGB")) for name in spec["images"]]
+        requests.append(Request(images, spec["text"], max_new_tokens=spec["gen_cap"],
+                                override=lambda n, greedy, s=schedule: s.get(n, greedy)))
+    generate_batch(loaded.model, loaded.tokenizer, requests, batch_size=3)
+    for spec, request in zip(cases, requests, strict=True):
+        arrays, gen = np.load(reference / f"{spec['name']}.npz"), request.result
+        assert gen.prompt_ids[0].tolist() == arrays["prompt_ids"].tolist(), spec["name"]
+        assert gen.all_ids == arrays["generated_ids"].tolist() and gen.stop == stops[spec["stop"]], spec["name"]
+        for k, seg in enumerate(spec["segs"]):
+            offset = 256 * seg["frame"] if len(spec["images"]) > 1 else 0  # pair indices are global
+            assert gen.frames[k] == seg["frame"]
+            assert [int(i) + offset for i in gen.regions[k]] == seg["region_indices"]
+            assert torch.allclose(gen.seg_hidden[k], torch.from_numpy(arrays[f"seg{k}_hidden"]), atol=1e-4)
+            bits = arrays[f"seg{k}_mask_bits"]
+            official = np.unpackbits(bits)[: int(np.prod(seg["mask_shape"]))].reshape(seg["mask_shape"]).astype(bool)
+            mine = gen.frame_masks[k] if len(spec["images"]) > 1 else gen.masks[k]
+            for a, b in zip(np.atleast_3d(mine.T).T, np.atleast_3d(official.T).T, strict=True):
+                union = np.logical_or(a, b).sum()
+                assert union == 0 or np.logical_and(a, b).sum() / union >= 0.99

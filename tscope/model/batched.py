@@ -12,8 +12,8 @@ newest input. Padded slots are never attended to (an explicit 4-D mask), and pos
 per sequence (the number of real tokens before it), so each sequence sees exactly what it would see
 alone. Padding piles up in the cache as sequences take region steps; when it outweighs the real
 tokens the cache is repacked (each row's real keys moved together), which changes no position. With
-``region_chunk=k`` a sequence feeds at most k region tokens per step (the default on CPU is one), so
-the chunks stay narrow; feeding them over several steps is the same causal computation.
+``region_chunk=k`` a sequence feeds at most k region tokens per step, so the chunks stay narrow;
+feeding them over several steps is the same causal computation.
 
 Continuous batching: finished sequences leave at once and new prompts join between steps -- their
 images go through the vision tower together, prompts of equal length are prefilled together (no
@@ -92,16 +92,14 @@ class BatchDecoder:
     lazily, when a slot is free, after the queued ones) until both are exhausted.
     """
 
-    def __init__(self, model: TerraScopeModel, tokenizer, batch_size: int = 8, region_chunk: int | None = -1):
+    def __init__(self, model: TerraScopeModel, tokenizer, batch_size: int = 8, region_chunk: int | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        # Region tokens fed per step: None = all at once (the step's chunk is padded to the widest row);
-        # k = at most k per step, so a [SEG]'s region tokens take several steps but pad the others less.
-        # A GPU decode step costs about the same for 1 or 8 tokens a row (weights are read once), a CPU
-        # one about 8 times more, hence the default (-1): all at once on CUDA, one per step elsewhere.
-        if region_chunk == -1:
-            region_chunk = None if model.device.type == "cuda" else 1
+        # Region tokens fed per step: None = all at once (the step's chunk is padded to the widest row;
+        # as many forwards as the single-prompt loop, and a GPU decode step costs about the same for 1 or
+        # 8 tokens a row); k = at most k per step (narrower steps, k-times more of them per [SEG]: it
+        # pays on a CPU only when [SEG]s are rare, as each forward has a fixed cost).
         if region_chunk is not None and region_chunk < 1:
             raise ValueError("region_chunk must be None or at least 1")
         self.region_chunk = region_chunk
