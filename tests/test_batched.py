@@ -193,7 +193,7 @@ def test_batch_loads_the_model_once_per_worker(native, slovenia, tmp_path, monke
                                 resources={"GPU": 1})
     assert summary.failed == [] and len(summary.results) == 2
     assert loads == [str(native)]  # one load for 2 AOIs x 2 questions
-    answer = json.loads(next((tmp_path / "out" / "half-0" / "answers").glob("q01-*/answer.json")).read_text())
+    answer = json.loads(next((tmp_path / "out").rglob("half-0/answers/q01-*/answer.json")).read_text())
     assert answer["backend"] == "terrascope"
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["config"]["backend_options"]["batch_tiles"] == 2
