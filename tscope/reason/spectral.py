@@ -18,7 +18,7 @@ from tscope.geo.preview import Preview, preview_bands
 from tscope.geo.scene import Scene
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
-from tscope.reason.rules import Rule, RuleSet, evaluate, load_rules, otsu_from_histogram
+from tscope.reason.rules import Rule, RuleSet, evaluate, evaluate_index, load_rules, otsu_from_histogram
 from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
 
@@ -61,7 +61,7 @@ class SpectralBackend:
                 if name not in env:
                     if name not in self.rules.indices:
                         raise InputError(f"rule for {rule.cls} uses unknown index or band {name!r}")
-                    env[name] = evaluate(self.rules.indices[name], env)
+                    evaluate_index(self.rules.indices, name, env)
         return env
 
     def _thresholds(self, scene: Scene, rules: Sequence[Rule], needs: list[str]) -> dict[str, float]:
@@ -79,9 +79,7 @@ class SpectralBackend:
             bands, valid = scene.read(needs, window)
             env = self._env(bands, [], {})
             for spec in specs:
-                if spec.index not in env:
-                    env[spec.index] = evaluate(self.rules.indices[spec.index], env)
-                values = env[spec.index][valid]
+                values = evaluate_index(self.rules.indices, spec.index, env)[valid]
                 counts, edges = hists[spec.name]
                 counts += np.histogram(values[np.isfinite(values)], bins=edges)[0]
         out = {}
