@@ -12,6 +12,7 @@ the IoU). tests/test_accuracy.py holds these numbers within stated tolerances.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,11 @@ def evaluate(case: Case, backend: SpectralBackend | None = None) -> Row:
     )
 
 
+def method(source: str) -> str:
+    """A rule's or model's source text without its explanation after ':' and its citations."""
+    return re.sub(r" \((?:Zhang|Wieland|Jones)[^)]*\)", "", source.split(":")[0])
+
+
 def main() -> None:
     warnings.simplefilter("ignore")  # rasterio's NotGeoreferencedWarning on the plain ukis images
     print("| scene | class | label % | tscope % | naive % (index) | tscope IoU | naive IoU | tscope method |")
@@ -131,7 +137,7 @@ def main() -> None:
         row = evaluate(case)
         print(f"| `{case.scene.name}` | {name.split(' ', 1)[1]} | {row.label_percent:.2f} | {row.tscope_percent:.2f} |"
               f" {row.baseline_percent:.2f} ({case.baseline}) | {row.tscope_iou:.2f} | {row.baseline_iou:.2f} |"
-              f" {row.source.split(':')[0].split(' (')[0]} |")
+              f" {method(row.source)} |")
 
 
 if __name__ == "__main__":
