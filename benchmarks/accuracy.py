@@ -126,7 +126,7 @@ def evaluate(case: Case, backend: SpectralBackend | None = None) -> Row:
 
 def method(source: str) -> str:
     """A rule's or model's source text without its explanation after ':' and its citations."""
-    return re.sub(r" \((?:Zhang|Wieland|Jones)[^)]*\)", "", source.split(":")[0])
+    return re.sub(r" \((?:Zha|Wieland|Jones)[^)]*\)", "", source.split(":")[0])
 
 
 def main() -> None:

@@ -18,11 +18,14 @@ excluded with the shadows (and counted in ``cloud_shadow_percent``), as every sh
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cache
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -32,8 +35,7 @@ from rasterio.windows import Window
 from tscope.geo.scene import Scene
 
 MODEL_GSD_M = 30.0
-# ukis-csmask cuts its input into 256-px tiles overlapping by 20 %: 512 px a side is at most 4 x 4
-# tiles (3 x 3 up to 508 px), a few seconds on two cores.
+# The model takes 256-px tiles: 512 px a side is 2 x 2 tiles, about a second on two cores.
 MAX_SIDE = 512
 BANDS_6 = ("blue", "green", "red", "nir", "swir16", "swir22")
 BANDS_4 = BANDS_6[:4]
@@ -90,6 +92,7 @@ def available() -> bool:
     return True
 
 
+
 def usable(scene: Scene) -> bool:
     """Whether the model can mask this scene: optical, with at least blue, green, red and nir."""
     return scene.kind == "optical" and all(scene.has(b) for b in BANDS_4) and available()
@@ -108,22 +111,58 @@ def _coarse_side(scene: Scene) -> int:
     return max(1, math.ceil(longest / factor))
 
 
-def model_cloud_map(scene: Scene, threads: int = 0) -> CloudMap:
-    """Run ukis-csmask over ``scene`` on a coarse grid (see the module docstring)."""
-    from ukis_csmask.mask import CSmask
+@cache
+def _session(model_file: Path):
+    """One onnxruntime session per model and process (loading a 40 MB model takes most of a second)."""
+    import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    return onnxruntime.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _model_file(bands: tuple[str, ...], level: str) -> Path:
+    import ukis_csmask
+
+    return Path(ukis_csmask.__file__).parent / f"model_{len(bands)}b_{level}.onnx"
+
+
+def predict(image: np.ndarray, bands: tuple[str, ...], level: str) -> np.ndarray:
+    """Classes (0 clear, 1 cloud, 2 shadow) of a (rows, cols, bands) reflectance image, with the package's model.
+
+    The model takes 256 x 256 tiles normalised by the statistics in its JSON file (as ukis-csmask's
+    ``CSmask`` does). ``CSmask`` itself is not used: it loads the model anew on every call and runs
+    20 %-overlapping tiles, four times the pixels on a 512-px image; here the image is already coarse,
+    so it is cut into non-overlapping tiles (edges padded by reflection) and the session is reused.
+    """
+    model_file = _model_file(bands, level)
+    meta = json.loads(model_file.with_suffix(".json").read_text())
+    mean, std = (np.asarray(v, np.float32) for v in meta["data"]["dataset_statistics"]["img"])
+    order = [bands.index(b) for b in meta["data"]["dataset_statistics"]["band_names"]]
+    tile = int(meta["data"]["target_size"][0])
+    rows, cols = image.shape[:2]
+    padded_rows, padded_cols = -(-rows // tile) * tile, -(-cols // tile) * tile
+    x = (image[..., order] - mean) / std
+    x = np.pad(x, ((0, padded_rows - rows), (0, padded_cols - cols), (0, 0)), mode="symmetric")
+    tiles = (x.reshape(padded_rows // tile, tile, padded_cols // tile, tile, len(order))
+             .transpose(0, 2, 4, 1, 3).reshape(-1, len(order), tile, tile).astype(np.float32))
+    session = _session(model_file)
+    name = session.get_inputs()[0].name
+    classes = np.concatenate([np.argmax(session.run(None, {name: tiles[i:i + 4]})[0], axis=1)
+                              for i in range(0, len(tiles), 4)]).astype(np.uint8)
+    out = (classes.reshape(padded_rows // tile, padded_cols // tile, tile, tile)
+           .transpose(0, 2, 1, 3).reshape(padded_rows, padded_cols))
+    return np.ascontiguousarray(out[:rows, :cols])
+
+
+def model_cloud_map(scene: Scene) -> CloudMap:
+    """Run ukis-csmask's model over ``scene`` on a coarse grid (see the module docstring)."""
     bands = BANDS_6 if all(scene.has(b) for b in BANDS_6) else BANDS_4
     level = product_level(scene)
     side = _coarse_side(scene)
     image = np.moveaxis(scene.read_overview(list(bands), side), 0, -1)
     # Nodata reads as NaN in float files; a NaN would spread through the convolutions to its neighbours.
     image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-    with warnings.catch_warnings():
-        # CSmask warns about images under its 256-px tile size; it pads them, which is what we want.
-        warnings.simplefilter("ignore", UserWarning)
-        model = CSmask(image, band_order=list(bands), product_level=level, invalid_buffer=1,
-                       intra_op_num_threads=threads, providers=["CPUExecutionProvider"])
-    classes = np.ascontiguousarray(model.csm[..., 0], dtype=np.uint8)
+    classes = predict(image, bands, level)
     grid = scene.grid
     gsd = None
     if grid.units == "m":
