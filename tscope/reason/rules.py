@@ -48,7 +48,8 @@ def _eval(node: ast.AST, env: Mapping[str, np.ndarray | float]):
     if isinstance(node, ast.Expression):
         return _eval(node.body, env)
     if isinstance(node, ast.Constant):
-        return float(node.value)
+        # float32 like the bands: a Python float would turn 1 * (a > b) into float64 (twice the memory traffic).
+        return np.float32(node.value)
     if isinstance(node, ast.Name):
         return env[node.id]
     if isinstance(node, ast.UnaryOp):
