@@ -35,7 +35,7 @@ def slovenia(shared: Path) -> None:
     transform = from_bounds(min(xs), min(ys), max(xs), max(ys), width, height)
     crs = CRS.from_epsg(32633)
     for index, name in ((2, "examples/slovenia_s2.tif"), (0, "tests/data/slovenia_s2_hazy.tif"),
-                        (4, "tests/data/slovenia_s2_t2.tif")):
+                        (4, "tests/data/slovenia_s2_t2.tif"), (1, "tests/data/slovenia_s2_thin_cloud.tif")):
         dn = np.clip(np.round(scenes[index] * 10000), 1, 65535).astype(np.uint16).transpose(2, 0, 1)
         profile = dict(COG, width=width, height=height, count=13, dtype="uint16", crs=crs,
                        transform=transform, nodata=0)

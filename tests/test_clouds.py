@@ -105,3 +105,13 @@ def test_product_level_from_preset_bands_and_tags(slovenia, naip):
     assert clouds.product_level(open_scene(slovenia)) == "l1c"  # has the cirrus band
     assert clouds.product_level(open_scene(S2)) == "l1c"  # tagged Level-1 TOA
     assert clouds.product_level(open_scene(naip)) == "l2a"
+
+
+def test_thin_cloud_the_hot_rule_misses_is_cloud_for_the_model(slovenia_hazy):
+    # eo-learn scene 1 (2015-07-31): thin cloud over the whole scene (blue ~0.15 against ~0.08 when
+    # clear). ukis-csmask and s2cloudless both call it cloud; the HOT rule passes 0.9% of it.
+    thin = open_scene(slovenia_hazy.parent / "slovenia_s2_thin_cloud.tif")
+    model, _ = SpectralBackend().masks_for(thin, ["cloud"])
+    rule, _ = SpectralBackend(cloud_model=False).masks_for(thin, ["cloud"])
+    assert model["cloud"].data.mean() > 0.95
+    assert rule["cloud"].data.mean() < 0.02
