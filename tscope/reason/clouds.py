@@ -6,7 +6,7 @@ CloudSEN12+) for Level-1C (top of atmosphere) and Level-2A (surface) reflectance
 (``pip install tscope[clouds]``); without it, or without those bands, the rules of
 ``models/spectral.toml`` (Sentinel-2 SCL, else the HOT test) mask clouds and nothing masks shadows.
 
-The model runs once per scene, before the windowed pass, on a coarser grid: about 30 m pixels (what
+The model runs once per scene, in a thread beside the windowed pass, on a coarser grid: about 30 m pixels (what
 the models were trained on), coarser still for large scenes so that it never sees more than
 ``MAX_SIDE`` pixels a side (a full Sentinel-2 tile runs at about 220 m, 500 px a side: clouds and
 their shadows are hundreds of metres across, and this bounds the model's cost at a few seconds).
@@ -35,11 +35,11 @@ from rasterio.windows import Window
 from tscope.geo.scene import Scene
 
 MODEL_GSD_M = 30.0
-# The model takes 256-px tiles: 512 px a side is 2 x 2 tiles, about a second on two cores.
+# The model takes 256-px tiles: 512 px a side is 2 x 2 tiles.
 MAX_SIDE = 512
 BANDS_6 = ("blue", "green", "red", "nir", "swir16", "swir22")
 BANDS_4 = BANDS_6[:4]
-CLEAR, CLOUD, SHADOW = 0, 1, 2
+CLOUD, SHADOW = 1, 2  # the model's classes; 0 is clear
 
 
 @dataclass(frozen=True)
