@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -233,11 +232,10 @@ def _reading(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[rasterio.DatasetReader]:
-    """rasterio.open without its NotGeoreferencedWarning: a plain image is a case tscope handles, not a problem."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            yield src
+    """rasterio.open; a plain image's NotGeoreferencedWarning goes to the log like every library warning
+    (the CLI shows it with -v only), never to the user as a stray line."""
+    with rasterio.open(path) as src:
+        yield src
 
 
 def _is_plain(src: rasterio.DatasetReader) -> bool:
