@@ -35,18 +35,19 @@ SPECTRA = np.array([
     [0.12, 0.13, 0.15, 0.20, 0.25, 0.22],
     [0.10, 0.14, 0.20, 0.25, 0.35, 0.30],
 ], dtype=np.float32)
-# Every single-scene question type. The rules need nir and swir16, the cloud test blue, green, red
-# and swir16: five bands, which also give the quicklook its true colour.
+# Every single-scene question type, with the bands it reads at full resolution: its rules' bands plus
+# red, green and blue for the quicklook. Water (USGS DSWE) needs all six; the cloud model, when
+# installed, also reads the six once from the overviews, which the bare read does not count.
 FIVE = ["blue", "green", "red", "nir", "swir16"]
 QUESTIONS = {
     "coverage": ("What percentage of the image is covered by forest?", FIVE),
-    "area": ("What is the area of water in km2?", FIVE),
+    "area": ("What is the area of water in km2?", BANDS),
     "compare": ("Which is larger, forest or grassland?", FIVE),
-    "adjacency": ("Does the forest border the water?", FIVE),
-    "distance": ("How far is the water from the built-up area?", FIVE),
-    "count": ("How many water regions are there?", FIVE),
+    "adjacency": ("Does the forest border the water?", BANDS),
+    "distance": ("How far is the water from the built-up area?", BANDS),
+    "count": ("How many water regions are there?", BANDS),
     "existence": ("Is there any bare soil?", FIVE),
-    "locate": ("Where is the water?", FIVE),
+    "locate": ("Where is the water?", BANDS),
 }
 BLOCK = 512
 

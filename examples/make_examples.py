@@ -35,7 +35,7 @@ def slovenia(shared: Path) -> None:
     transform = from_bounds(min(xs), min(ys), max(xs), max(ys), width, height)
     crs = CRS.from_epsg(32633)
     for index, name in ((2, "examples/slovenia_s2.tif"), (0, "tests/data/slovenia_s2_hazy.tif"),
-                        (4, "tests/data/slovenia_s2_t2.tif")):
+                        (4, "tests/data/slovenia_s2_t2.tif"), (1, "tests/data/slovenia_s2_thin_cloud.tif")):
         dn = np.clip(np.round(scenes[index] * 10000), 1, 65535).astype(np.uint16).transpose(2, 0, 1)
         profile = dict(COG, width=width, height=height, count=13, dtype="uint16", crs=crs,
                        transform=transform, nodata=0)
@@ -94,6 +94,32 @@ def sar(shared: Path) -> None:
         dst.update_tags(SOURCE="CosmiQ/solaris preproc_tutorial, Apache-2.0; SpaceNet-6 CC BY-SA 4.0")
 
 
+UKIS_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
+UKIS_CLASSES = "0 cloud shadow,1 water,3 clear land,4 cloud"
+
+
+def ukis_csmask(testfiles: Path) -> None:
+    """Hand-labelled cloudy scenes from ukis-csmask's test files (Apache-2.0) as plain (not georeferenced) TIFFs.
+
+    Each npz holds ``img`` (512, 512, 6) float32 top-of-atmosphere reflectance in UKIS_BANDS order at
+    30 m and ``msk`` (512, 512, 1) uint8 labels. They carry no location, so the TIFFs have no CRS:
+    tscope reads them as plain images (``--gsd 30`` for ground units).
+    """
+    for name, out in (("sentinel2", "ukis_s2_cloudy"), ("landsat7", "ukis_l7_cloudy")):
+        data = np.load(testfiles / f"{name}.npz")
+        dn = np.clip(np.round(data["img"] * 10000), 1, 65535).astype(np.uint16).transpose(2, 0, 1)
+        profile = dict(driver="GTiff", compress="DEFLATE", predictor=2, tiled=True, blockxsize=256,
+                       blockysize=256, width=dn.shape[2], height=dn.shape[1], dtype="uint16")
+        with rasterio.open(ROOT / f"tests/data/{out}.tif", "w", count=6, **profile) as dst:
+            dst.write(dn)
+            dst.descriptions = UKIS_BANDS
+            dst.update_tags(SOURCE="dlr-eoc/ukis-csmask tests/testfiles, Apache-2.0", PRODUCT=f"{name} L1 TOA")
+        with rasterio.open(ROOT / f"tests/data/{out}_label.tif", "w", count=1,
+                           **(profile | {"dtype": "uint8", "predictor": 1})) as dst:
+            dst.write(data["msk"][..., 0], 1)
+            dst.update_tags(CLASSES=UKIS_CLASSES, SOURCE="dlr-eoc/ukis-csmask tests/testfiles, Apache-2.0")
+
+
 if __name__ == "__main__":
     shared = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data"
     (ROOT / "tests/data").mkdir(parents=True, exist_ok=True)
@@ -101,4 +127,7 @@ if __name__ == "__main__":
     joplin(shared)
     naip(shared)
     sar(shared)
+    # ukis-csmask's test files are not in shared/data: pass their folder (a clone's tests/testfiles) to rebuild.
+    if len(sys.argv) > 2:
+        ukis_csmask(Path(sys.argv[2]))
     print("examples and tests/data rebuilt from", shared)

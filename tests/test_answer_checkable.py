@@ -20,7 +20,7 @@ from tscope.reason.solve import solve
 from tscope.reason.trace import Trace
 
 # Numbers that describe the input (thresholds, nodata and cloud shares), not a measure of the masks.
-INPUT_NUMBERS = ("nodata_percent", "cloud_percent", "threshold_")
+INPUT_NUMBERS = ("nodata_percent", "cloud_percent", "cloud_shadow_percent", "threshold_")
 
 
 def _read_mask(path: Path, label: str, frame: str) -> Mask:

@@ -40,8 +40,11 @@ def test_water_is_absent(slovenia):
 
 
 def test_hazy_scene_is_excluded_as_cloud(slovenia_hazy):
-    masks, stats = SpectralBackend().masks_for(open_scene(slovenia_hazy), ["forest"])
-    # Scene 0 of the eo-learn sample is hazy (blue ~ red ~ 0.3): almost all of it must be excluded.
+    # Scene 0 of the eo-learn sample is hazy (blue ~ red ~ 0.3): the cloud model (and s2cloudless)
+    # call all of it cloud; the HOT rule almost all of it.
+    with pytest.raises(InputError, match="every pixel is nodata or cloud"):
+        SpectralBackend().masks_for(open_scene(slovenia_hazy), ["forest"])
+    masks, stats = SpectralBackend(cloud_model=False).masks_for(open_scene(slovenia_hazy), ["forest"])
     assert stats["cloud_percent"] > 80
     assert not masks["forest"].data[~masks["forest"].valid].any()
     clear, clear_stats = SpectralBackend().masks_for(open_scene(slovenia_hazy.parent / "slovenia_s2_t2.tif"),
@@ -66,8 +69,26 @@ class _FakeScene:
     kind = "optical"
 
 
-def test_sar_water_uses_a_per_scene_otsu_threshold(sar):
-    scene = open_scene(sar)
+@pytest.fixture
+def sar_calibrated(tmp_path, sar):
+    """The real SpaceNet-6 SAR as linear power, scaled by one constant so its VV median is -12 dB.
+
+    The sample is not radiometrically calibrated (median VV 58 "dB", which tscope refuses); one constant
+    factor stands in for its unknown calibration constant and keeps every contrast of the scene.
+    """
+    with rasterio.open(sar) as src:
+        power = (np.abs(src.read()) ** 2).astype(np.float32)
+        profile = src.profile | {"dtype": "float32", "driver": "GTiff", "nodata": None}
+    factor = 10 ** (-1.2) / np.median(power[0][power[0] > 0])
+    path = tmp_path / "sar_sigma0.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(power * np.float32(factor))
+        dst.descriptions = ("vv", "vh")
+    return path
+
+
+def test_sar_water_uses_a_per_scene_otsu_threshold(sar_calibrated):
+    scene = open_scene(sar_calibrated)
     masks, stats = SpectralBackend().masks_for(scene, ["water"])
     threshold = stats["thresholds"]["vv_water"]
     assert -24.0 <= threshold <= -12.0

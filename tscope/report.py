@@ -279,7 +279,8 @@ def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, 
     lines += ["", "## Scenes", ""]
     for scene in trace.scenes:
         lines.append(f"- {scene['frame']}: `{scene['path']}`, {scene['width']} x {scene['height']} px,"
-                     f" {scene['crs']}, bands {', '.join(scene['bands'])} (from {scene['band_source']})")
+                     f" {scene['crs'] or 'plain image (no CRS)'}, bands {', '.join(scene['bands'])}"
+                     f" (from {scene['band_source']})")
     lines += ["", f"Backend: `{trace.backend}`. Outputs: `answer.json`, `masks.geojson`, `masks/*.tif`.", ""]
     return "\n".join(lines)
 
@@ -339,8 +340,11 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
             trace.outputs[f"mask:{mask_id}"] = rel
             legend.append((mask_id, rel, colours[mask.label]))
             layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
+        # GeoJSON is lon/lat by definition (RFC 7946): a plain image has none, so its masks stay rasters.
+        georeferenced = scenes[0].grid.crs is not None
         try:
-            written = writers.write_geojson_features(made.add(out / "masks.geojson"), layers)
+            written = (writers.write_geojson_features(made.add(out / "masks.geojson"), layers)
+                       if georeferenced else {})
         finally:
             for future in cogs:
                 if not future.cancel():
@@ -348,7 +352,10 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
         for future in cogs:
             future.result()
     trace.notes.extend(_vector_notes(written))
-    trace.outputs["geojson"] = "masks.geojson"
+    if georeferenced:
+        trace.outputs["geojson"] = "masks.geojson"
+    else:
+        trace.notes.append("plain image (no georeferencing): no masks.geojson; masks/*.tif are on the image's pixels")
     quicklooks = []
     for scene in scenes:
         name = "quicklook.png" if len(scenes) == 1 else f"quicklook_{scene.frame}.png"

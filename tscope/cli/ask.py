@@ -35,6 +35,8 @@ def command(
     sar_format: str = typer.Option("auto", "--sar-format", help="SAR values: auto, linear, db or complex."),
     nodata: float = typer.Option(None, "--nodata", help="Nodata value, overriding the file's."),
     assume_crs: str = typer.Option(None, "--assume-crs", help="CRS for files that have none, e.g. EPSG:32633."),
+    gsd: float = typer.Option(None, "--gsd", help="Plain images (PNG, JPEG, no georeferencing): metres per pixel,"
+                              " for answers in ground units instead of pixels."),
     rules: Path = typer.Option(None, "--rules", help="spectral: a rules TOML replacing models/spectral.toml."),
     no_cloud_mask: bool = typer.Option(False, "--no-cloud-mask", help="spectral: keep cloudy pixels in the measures."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -53,7 +55,7 @@ def command(
         raise InputError("give at most two scenes (before, after) and one question; quote the question")
     *scenes, question = args
     read_options = ReadOptions(bands=bands, sensor=sensor, l2a_offset=l2a_offset, sar_format=sar_format,
-                               nodata=nodata, assume_crs=assume_crs)
+                               nodata=nodata, assume_crs=assume_crs, gsd=gsd)
     from tscope.model.quantize import QUANT_CHOICES
 
     if quant not in QUANT_CHOICES:

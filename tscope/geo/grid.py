@@ -49,6 +49,11 @@ class Grid:
         return min(xs), min(ys), max(xs), max(ys)
 
     @property
+    def units(self) -> str:
+        """Ground units of lengths ("m"); a plain image without a ground sample distance counts pixels ("px")."""
+        return "m"
+
+    @property
     def is_rectilinear(self) -> bool:
         return self.transform.b == 0 and self.transform.d == 0
 
@@ -217,3 +222,52 @@ class Grid:
         lon1, lat1 = self.pixel_lonlat(*a)
         lon2, lat2 = self.pixel_lonlat(*b)
         return float(self.geod.inv(lon1, lat1, lon2, lat2)[2])
+
+    def bearing_deg(self, a: tuple[float, float], b: tuple[float, float]) -> float:
+        """Azimuth in degrees clockwise from north from pixel position ``a`` to ``b`` ((col, row) each)."""
+        lon1, lat1 = self.pixel_lonlat(*a)
+        lon2, lat2 = self.pixel_lonlat(*b)
+        return float(self.geod.inv(lon1, lat1, lon2, lat2)[0]) % 360
+
+
+@dataclass(frozen=True)
+class PixelGrid(Grid):
+    """A plain image (PNG, JPEG, a TIFF without georeferencing): pixels, and a ground size only if given.
+
+    ``crs`` is None and ``transform`` the identity, so outputs line up pixel for pixel with the image.
+    With ``gsd`` (metres per pixel, e.g. ``--gsd 0.5``) lengths and areas are in metres; without it a
+    pixel is the unit (``units == "px"``). Positions are (col, row) in pixels; north is up.
+    """
+
+    gsd: float | None = None
+
+    @property
+    def units(self) -> str:
+        return "m" if self.gsd else "px"
+
+    @property
+    def _size(self) -> float:
+        return self.gsd or 1.0
+
+    def pixel_area(self, window: Window) -> np.ndarray:
+        return np.full((1, 1), self._size**2)
+
+    def pixel_size_m(self) -> tuple[float, float]:
+        return self._size, self._size
+
+    def metric_xy(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.column_stack([(np.asarray(cols) + 0.5) * self._size, (np.asarray(rows) + 0.5) * self._size])
+
+    def pixel_lonlat(self, col: float, row: float) -> tuple[float, float]:
+        """(col, row) itself: a plain image has no longitude or latitude."""
+        return float(col), float(row)
+
+    def centre_lonlat(self) -> tuple[float, float]:
+        return self.width / 2, self.height / 2
+
+    def geodesic_distance(self, a: tuple[float, float], b: tuple[float, float]) -> float:
+        return float(math.hypot(b[0] - a[0], b[1] - a[1]) * self._size)
+
+    def bearing_deg(self, a: tuple[float, float], b: tuple[float, float]) -> float:
+        # Rows grow southwards: north is -row.
+        return math.degrees(math.atan2(b[0] - a[0], a[1] - b[1])) % 360

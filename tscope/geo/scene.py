@@ -28,7 +28,7 @@ from rasterio.windows import Window, from_bounds
 
 from tscope.errors import InputError
 from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
-from tscope.geo.grid import Grid
+from tscope.geo.grid import Grid, PixelGrid
 from tscope.limits import check_pixels
 
 log = logging.getLogger("tscope")
@@ -46,6 +46,7 @@ class ReadOptions:
     sar_format: str = "auto"
     nodata: float | None = None
     assume_crs: str | None = None
+    gsd: float | None = None
 
 
 @dataclass
@@ -75,7 +76,8 @@ class Scene:
         return {
             "path": str(self.path),
             "frame": self.frame,
-            "crs": self.grid.crs.to_string(),
+            "crs": self.grid.crs.to_string() if self.grid.crs is not None else None,
+            **({"gsd_m": self.grid.gsd} if isinstance(self.grid, PixelGrid) else {}),
             "transform": list(self.grid.transform)[:6],
             "width": self.grid.width,
             "height": self.grid.height,
@@ -117,7 +119,7 @@ class Scene:
             )
         indexes = [self.band_map.indexes[n] for n in names]
         shape = (int(window.height), int(window.width))
-        with _reading(self.path), rasterio.open(self.path) as src:
+        with _reading(self.path), _open(self.path) as src:
             native_window = self._native_window(window)
             if native_window is not None:
                 # rasterio reads a boundless window through a warped VRT (slower by half): only when needed.
@@ -203,6 +205,20 @@ class Scene:
             out += np.float32(offset)
         return out
 
+    def read_overview(self, names: Sequence[str], max_side: int = 1024) -> np.ndarray:
+        """A decimated (bands, rows, cols) float32 read for quicklooks: memory bounded by ``max_side``."""
+        factor = max(1, int(np.ceil(max(self.grid.width, self.grid.height) / max_side)))
+        shape = (max(1, self.grid.height // factor), max(1, self.grid.width // factor))
+        indexes = [self.band_map.indexes[n] for n in names]
+        with _open(self.path) as src:
+            if isinstance(self.grid, PixelGrid):
+                # A plain image has no CRS to warp through; it is always read on its own pixels.
+                raw = src.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.average)
+            else:
+                with WarpedVRT(src, **self._warp_kwargs(Resampling.average)) as vrt:
+                    raw = vrt.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.average)
+        return np.stack([self._to_physical(n, b) for n, b in zip(names, raw, strict=True)])
+
 
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
@@ -212,6 +228,19 @@ def _reading(path: Path) -> Iterator[None]:
     except RasterioIOError as exc:
         raise InputError(f"{path}: cannot read its pixels ({' '.join(str(exc).split())[:200]});"
                          " the file is truncated or corrupt") from None
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[rasterio.DatasetReader]:
+    """rasterio.open; a plain image's NotGeoreferencedWarning goes to the log like every library warning
+    (the CLI shows it with -v only), never to the user as a stray line."""
+    with rasterio.open(path) as src:
+        yield src
+
+
+def _is_plain(src: rasterio.DatasetReader) -> bool:
+    """No CRS and no placement at all (PNG, JPEG, a bare TIFF): pixels only."""
+    return src.crs is None and src.transform.is_identity and not src.gcps[0] and not src.rpcs
 
 
 def _grid_of(src: rasterio.DatasetReader, crs: CRS) -> Grid:
@@ -230,24 +259,31 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
             assumed = CRS.from_wkt(pyproj.CRS.from_user_input(options.assume_crs).to_wkt())
         except pyproj.exceptions.CRSError:
             raise InputError(f"--assume-crs {options.assume_crs!r} is not a CRS") from None
+    if options.gsd is not None and not options.gsd > 0:
+        raise InputError(f"--gsd must be a positive number of metres per pixel, not {options.gsd}")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    opened = contextlib.ExitStack()
     try:
-        src = rasterio.open(path)
+        src = opened.enter_context(_open(path))
     except RasterioIOError:
         raise InputError(f"{path}: not a raster rasterio can open") from None
-    with src:
-        if src.crs is None:
-            if assumed is None:
-                raise InputError(f"{path}: no CRS; pass --assume-crs EPSG:XXXX if you know it")
-            crs = assumed
-        else:
-            if assumed is not None and assumed != src.crs:
-                log.warning("%s has a CRS (%s): --assume-crs is ignored", path.name, src.crs)
-            crs = src.crs
-        if src.transform.is_identity and not src.gcps[0]:
-            raise InputError(f"{path}: no georeferencing (identity transform)")
+    with opened:
+        plain = _is_plain(src) and assumed is None
+        if not plain:
+            if options.gsd is not None:
+                raise InputError(f"--gsd is for plain images without georeferencing; {path.name} is georeferenced")
+            if src.crs is None:
+                if assumed is None:
+                    raise InputError(f"{path}: no CRS; pass --assume-crs EPSG:XXXX if you know it")
+                crs = assumed
+            else:
+                if assumed is not None and assumed != src.crs:
+                    log.warning("%s has a CRS (%s): --assume-crs is ignored", path.name, src.crs)
+                crs = src.crs
+            if src.transform.is_identity and not src.gcps[0]:
+                raise InputError(f"{path}: no georeferencing (identity transform)")
         check_pixels(src.width, src.height, str(path))
         band_map = identify_bands(src, options.bands, options.sensor)
         kind = "sar" if band_map.indexes and set(band_map.indexes) <= SAR_NAMES | {"scl"} else "optical"
@@ -257,7 +293,11 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         )
         scales = _band_scales(src, band_map, options)
         sar_format = _sar_format(src, band_map, options) if kind == "sar" or SAR_NAMES & set(band_map.indexes) else None
-        grid = _grid_of(src, crs)
+        if plain:
+            grid = PixelGrid(crs=None, transform=Affine.identity(), width=src.width, height=src.height,
+                             gsd=options.gsd)
+        else:
+            grid = _grid_of(src, crs)
     return Scene(
         path=path,
         grid=grid,
@@ -322,6 +362,12 @@ def analysis_grid(scenes: Sequence[Scene]) -> Grid:
     A rotated first scene of a pair is first put on a north-up grid of its pixel size: only those have
     windows, and the second scene is warped anyway.
     """
+    if any(isinstance(s.native, PixelGrid) for s in scenes):
+        # Plain images have no ground position to overlap: a pair must be the same pixels.
+        first = scenes[0].native
+        if any(s.native.shape != first.shape or not isinstance(s.native, PixelGrid) for s in scenes[1:]):
+            raise InputError("a pair of plain (not georeferenced) images must be two images of the same size")
+        return first
     first = scenes[0].native if len(scenes) == 1 else scenes[0].native.north_up()
     minx, miny, maxx, maxy = first.bounds
     for other in scenes[1:]:

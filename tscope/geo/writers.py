@@ -12,12 +12,14 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
@@ -174,9 +176,19 @@ def mask_to_uint8(mask: Mask, rows: slice = slice(None)) -> np.ndarray:
 def _write_cog(dst: str | Path, grid: Grid, dtype: str, nodata: float, rows_of: Callable[[slice], np.ndarray],
                description: str | None = None, tags: dict | None = None) -> Path:
     """Write a single-band COG (deflate, 512-px tiles, internal overviews) strip by strip."""
+    with warnings.catch_warnings():
+        # A plain image's mask has no geotransform on purpose: rasterio's warning about it is noise.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return _write_cog_file(dst, grid, dtype, nodata, rows_of, description, tags)
+
+
+def _write_cog_file(dst: str | Path, grid: Grid, dtype: str, nodata: float, rows_of: Callable[[slice], np.ndarray],
+                    description: str | None, tags: dict | None) -> Path:
     profile = dict(
         driver="GTiff", width=grid.width, height=grid.height, count=1, dtype=dtype,
-        crs=rasterio.crs.CRS.from_wkt(grid.crs.to_wkt()), transform=grid.transform, nodata=nodata,
+        crs=rasterio.crs.CRS.from_wkt(grid.crs.to_wkt()) if grid.crs is not None else None,
+        # A plain image's mask is on its pixels: no geotransform, as in the image itself.
+        transform=grid.transform if grid.crs is not None else None, nodata=nodata,
         tiled=True, blockxsize=512, blockysize=512,
     )
     with MemoryFile() as memfile:

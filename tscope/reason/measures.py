@@ -373,9 +373,7 @@ def locate(mask: Mask, relative_to: Mask | None = None) -> Location:
         _same_grid(mask, relative_to)
         other = _centroid_px(relative_to)
         if other is not None:
-            lon1, lat1 = grid.pixel_lonlat(*other)
-            lon2, lat2 = result.centroid
-            bearing = float(grid.geod.inv(lon1, lat1, lon2, lat2)[0]) % 360
+            bearing = grid.bearing_deg(other, centre)
             result.relative_to = relative_to.label
             result.direction = _compass(bearing)
             result.bearing_deg = bearing

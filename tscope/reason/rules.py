@@ -48,7 +48,8 @@ def _eval(node: ast.AST, env: Mapping[str, np.ndarray | float]):
     if isinstance(node, ast.Expression):
         return _eval(node.body, env)
     if isinstance(node, ast.Constant):
-        return float(node.value)
+        # float32 like the bands: a Python float would turn 1 * (a > b) into float64 (twice the memory traffic).
+        return np.float32(node.value)
     if isinstance(node, ast.Name):
         return env[node.id]
     if isinstance(node, ast.UnaryOp):
@@ -147,16 +148,39 @@ class RuleSet:
         )
 
 
+def index_bands(indices: Mapping[str, ast.Expression], name: str) -> set[str]:
+    """The bands index ``name`` reads, through the indices it uses."""
+    out: set[str] = set()
+    for used in names_in(indices[name]):
+        out |= index_bands(indices, used) if used in indices else {used}
+    return out
+
+
+def evaluate_index(indices: Mapping[str, ast.Expression], name: str, env: dict) -> np.ndarray:
+    """Index ``name`` over the bands in ``env``, computing (and caching in ``env``) the indices it uses."""
+    if name not in env:
+        for used in names_in(indices[name]):
+            if used in indices:
+                evaluate_index(indices, used, env)
+        env[name] = evaluate(indices[name], env)
+    return env[name]
+
+
 def _load(text: str, where: str) -> RuleSet:
     from tscope.geo.bands import COMMON_NAMES
 
     spec = tomllib.loads(text)
     index_text = dict(spec.get("indices", {}))
-    indices = {name: compile_expression(expr, f"{where} index {name}") for name, expr in index_text.items()}
-    for name, expr in indices.items():
-        unknown = names_in(expr) - set(COMMON_NAMES)
+    indices: dict[str, ast.Expression] = {}
+    for name, text in index_text.items():
+        expr = compile_expression(text, f"{where} index {name}")
+        # An index may use bands and indices defined above it (DSWE's tests reuse MNDWI and NDVI);
+        # only earlier ones, so there is never a cycle.
+        unknown = names_in(expr) - set(COMMON_NAMES) - set(indices)
         if unknown:
-            raise ValueError(f"{where} index {name}: {', '.join(sorted(unknown))} is not a band common name")
+            raise ValueError(f"{where} index {name}: {', '.join(sorted(unknown))} is neither a band common name"
+                             " nor an index defined above it")
+        indices[name] = expr
     rules = []
     for i, raw in enumerate(spec.get("rule", [])):
         label = f"{where} rule {i + 1} ({raw.get('class')})"
@@ -178,7 +202,7 @@ def _load(text: str, where: str) -> RuleSet:
         used = set()
         for name in names_in(compiled) | {t.index for t in thresholds}:
             if name in indices:
-                used |= names_in(indices[name])
+                used |= index_bands(indices, name)
             elif name in COMMON_NAMES:
                 used.add(name)
             elif name not in {t.name for t in thresholds}:

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from tscope.errors import InputError
 from tscope.geo.mask import Mask
 from tscope.reason import measures
 from tscope.reason.query import AREA_UNITS, LENGTH_UNITS, Query
@@ -62,6 +63,18 @@ def undefined(trace: Trace, key: str, unit: str, why: str) -> None:
     trace.notes.append(f"{key} is null: {why}")
 
 
+def _on_image(trace: Trace, pixels: bool) -> None:
+    """Relabel numbers for a plain image: positions are (col, row); without a ground sample distance,
+    lengths and areas are pixel counts."""
+    renamed = {}
+    for key, number in trace.numbers.items():
+        unit = "col,row" if number.unit == "lon,lat" else number.unit
+        if pixels and unit in ("m2", "m"):
+            key, unit = re.sub(r"_m2?$", "_px", key), "px"
+        renamed[key] = Number(number.value, unit)
+    trace.numbers = renamed
+
+
 def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> None:
     """Compute the query's measure from ``masks[(class, frame)]``; add numbers, a step, the answer."""
     common_validity(list(masks.values()))
@@ -69,19 +82,30 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
     a = masks[(classes[0], "t1")]
     label_a = _name(query, classes[0])
     n = trace.numbers
+    plain, pixels = a.grid.crs is None, a.grid.units == "px"
+    if pixels and query.unit:
+        raise InputError(f"the image has no ground scale, so there are no {query.unit}: pass --gsd METRES"
+                         " (metres per pixel) or ask without a unit for pixels")
+
+    def area_text(m2: float, unit: str | None = None) -> str:
+        return f"{m2:,.0f} px" if pixels else fmt_area(m2, unit)
+
+    def length_text(m: float, unit: str | None = None) -> str:
+        return f"{m:,.0f} px" if pixels else fmt_length(m, unit)
     if task == "coverage":
         r = measures.coverage(a)
         n["coverage_percent"] = Number(round(r.percent, 4), "%")
         n["area_m2"] = Number(round(r.area_m2, 3), "m2")
         n["valid_area_m2"] = Number(round(r.valid_area_m2, 3), "m2")
         answer = f"{label_a.capitalize()} covers {r.percent:.1f}% of the image's valid area" \
-                 f" ({fmt_area(r.area_m2)} of {fmt_area(r.valid_area_m2)})."
+                 f" ({area_text(r.area_m2)} of {area_text(r.valid_area_m2)})."
     elif task == "area":
         area = measures.area_m2(a)
         unit = query.unit or auto_area_unit(area)
         n["area_m2"] = Number(round(area, 3), "m2")
-        n[f"area_{unit}"] = Number(round(area / AREA_UNITS[unit], 6), unit)
-        answer = f"{label_a.capitalize()} covers {fmt_area(area, unit)}."
+        if not pixels:
+            n[f"area_{unit}"] = Number(round(area / AREA_UNITS[unit], 6), unit)
+        answer = f"{label_a.capitalize()} covers {area_text(area, unit)}."
     elif task == "compare":
         b = masks[(classes[1], "t1")]
         r = measures.compare(a, b)
@@ -99,14 +123,14 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
         if r.larger == "tie" and r.area_a_m2 == 0:
             answer = f"Neither {label_a} nor {label_b} is present."
         elif r.larger == "tie":
-            answer = f"{label_a.capitalize()} and {label_b} cover the same area, {fmt_area(r.area_a_m2)}."
+            answer = f"{label_a.capitalize()} and {label_b} cover the same area, {area_text(r.area_a_m2)}."
         else:
             times = f"{r.ratio:.1f} times as much" if math.isfinite(r.ratio) else f"and there is no {small}"
             smaller = query.question.lower().lstrip().startswith("which") and re.search(
                 r"\b(smaller|less|least|fewer)\b", query.question.lower())
             lead = f"{small.capitalize()} is smaller" if smaller else f"{big.capitalize()} is larger"
-            answer = f"{lead}: {fmt_area(max(r.area_a_m2, r.area_b_m2))} of {big} against" \
-                     f" {fmt_area(min(r.area_a_m2, r.area_b_m2))} of {small} ({times})."
+            answer = f"{lead}: {area_text(max(r.area_a_m2, r.area_b_m2))} of {big} against" \
+                     f" {area_text(min(r.area_a_m2, r.area_b_m2))} of {small} ({times})."
     elif task == "adjacency":
         b = masks[(classes[1], "t1")]
         r = measures.adjacency(a, b)
@@ -114,7 +138,7 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
         n["borders"] = Number(r.borders)
         n["shared_boundary_m"] = Number(round(r.shared_boundary_m, 3), "m")
         if r.borders:
-            answer = f"Yes, {label_a} borders {label_b} along {fmt_length(r.shared_boundary_m)}."
+            answer = f"Yes, {label_a} borders {label_b} along {length_text(r.shared_boundary_m)}."
         else:
             d = measures.distance(a, b)
             if math.isfinite(d.metres):
@@ -122,7 +146,7 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
             else:
                 missing = label_a if not a.counted.any() else label_b
                 undefined(trace, "distance_m", "m", f"there is no {missing} in the image")
-            gap = f" (the closest they come is {fmt_length(d.metres)})" if math.isfinite(d.metres) else ""
+            gap = f" (the closest they come is {length_text(d.metres)})" if math.isfinite(d.metres) else ""
             answer = f"No, {label_a} does not border {label_b}{gap}."
     elif task == "distance":
         b = masks[(classes[1], "t1")]
@@ -138,7 +162,7 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
                 n["point_a"] = Number(f"{r.point_a[0]:.6f},{r.point_a[1]:.6f}", "lon,lat")
                 n["point_b"] = Number(f"{r.point_b[0]:.6f},{r.point_b[1]:.6f}", "lon,lat")
             answer = f"The shortest edge-to-edge distance from {label_a} to {label_b} is" \
-                     f" {fmt_length(r.metres, query.unit)}."
+                     f" {length_text(r.metres, query.unit)}."
     elif task == "count":
         r = measures.count(a, query.min_area_m2)
         n["count"] = Number(r.count, "regions")
@@ -146,7 +170,7 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
         if r.region_areas_m2:
             n["largest_region_m2"] = Number(round(r.region_areas_m2[0], 3), "m2")
         answer = f"There {'is' if r.count == 1 else 'are'} {r.count} {label_a} region" \
-                 f"{'' if r.count == 1 else 's'} of at least {fmt_area(r.min_area_m2)}."
+                 f"{'' if r.count == 1 else 's'} of at least {area_text(r.min_area_m2)}."
     elif task == "existence":
         r = measures.existence(a, query.min_area_m2)
         n["present"] = Number(r.present)
@@ -154,9 +178,9 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
         n["largest_region_m2"] = Number(round(r.largest_m2, 3), "m2")
         if r.present:
             answer = f"Yes, there is {label_a}: {r.regions} region{'' if r.regions == 1 else 's'}," \
-                     f" the largest {fmt_area(r.largest_m2)}."
+                     f" the largest {area_text(r.largest_m2)}."
         else:
-            answer = f"No, there is no {label_a} region of at least {fmt_area(r.min_area_m2)}."
+            answer = f"No, there is no {label_a} region of at least {area_text(r.min_area_m2)}."
     elif task == "locate":
         other = masks.get((classes[1], "t1")) if len(classes) > 1 else None
         r = measures.locate(a, other)
@@ -172,8 +196,9 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
                      f" (bearing {r.bearing_deg:.0f}°), in the {r.position} of the image."
         else:
             where = "the centre" if r.position == "centre" else f"the {r.position}"
-            answer = f"{label_a.capitalize()} lies mainly in {where} of the image" \
-                     f" (centroid {r.centroid[0]:.5f}, {r.centroid[1]:.5f})."
+            at = f"column {r.centroid[0]:.0f}, row {r.centroid[1]:.0f}" if plain else \
+                f"{r.centroid[0]:.5f}, {r.centroid[1]:.5f}"
+            answer = f"{label_a.capitalize()} lies mainly in {where} of the image (centroid {at})."
     elif task == "change":
         b = masks[(classes[0], "t2")]
         r = measures.change(a, b)
@@ -185,11 +210,13 @@ def solve(query: Query, masks: dict[tuple[str, str], Mask], trace: Trace) -> Non
             undefined(trace, "percent_change", "%", f"there is no {label_a} at t1 to take a percentage of")
         unit = query.unit
         pct = f" ({r.percent:+.1f}%)" if math.isfinite(r.percent) else ""
-        answer = f"{label_a.capitalize()} went from {fmt_area(r.area_t1_m2, unit)} to" \
-                 f" {fmt_area(r.area_t2_m2, unit)}: a net change of {'+' if r.net_m2 >= 0 else '-'}" \
-                 f"{fmt_area(abs(r.net_m2), unit)}{pct}, with {fmt_area(r.gain_m2, unit)} gained and" \
-                 f" {fmt_area(r.loss_m2, unit)} lost."
+        answer = f"{label_a.capitalize()} went from {area_text(r.area_t1_m2, unit)} to" \
+                 f" {area_text(r.area_t2_m2, unit)}: a net change of {'+' if r.net_m2 >= 0 else '-'}" \
+                 f"{area_text(abs(r.net_m2), unit)}{pct}, with {area_text(r.gain_m2, unit)} gained and" \
+                 f" {area_text(r.loss_m2, unit)} lost."
     else:
         raise ValueError(f"unknown task {task}")
+    if plain:
+        _on_image(trace, pixels)
     trace.say(answer)
     trace.answer = answer

@@ -3,43 +3,58 @@
 It is an honest baseline, not the VLM: each class is a threshold on a published spectral index.
 The scene is read once, window by window; each window's bands feed every rule the question needs
 (plus the cloud rule), so memory holds one window of bands and one boolean image per class.
+Clouds and cloud shadows come, in this order, from the product's own scene classification (SCL),
+from ukis-csmask's trained model when it is installed (:mod:`tscope.reason.clouds`), or from the
+HOT rule.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from tscope.errors import InputError
+from tscope.geo.checks import check_scene
 from tscope.geo.mask import Mask
 from tscope.geo.preview import Preview, preview_bands
 from tscope.geo.scene import Scene
+from tscope.reason import clouds
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
-from tscope.reason.rules import Rule, RuleSet, evaluate, load_rules, otsu_from_histogram
+from tscope.reason.rules import Rule, RuleSet, evaluate, evaluate_index, load_rules, otsu_from_histogram
 from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
 
 HIST_BINS = 1024
+log = logging.getLogger("tscope")
 
 
 class SpectralBackend:
     name = "spectral"
 
     def __init__(self, rules: RuleSet | str | None = None, block: int = 1024, mask_clouds: bool = True,
-                 workers: int = 2):
+                 workers: int = 2, cloud_model: bool = True):
         self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
         self.block = block
         self.mask_clouds = mask_clouds
         self.workers = max(1, workers)
+        self.cloud_model = cloud_model
 
     # --- masks -------------------------------------------------------------------------------
 
-    def _select(self, scene: Scene, classes: Sequence[str]) -> tuple[dict[str, Rule], Rule | None]:
+    def _use_model(self, scene: Scene, classes: Sequence[str]) -> bool:
+        """Whether ukis-csmask masks this scene's clouds: installed, bands there, and no SCL to defer to."""
+        wanted = self.mask_clouds or "cloud" in classes
+        return wanted and self.cloud_model and not scene.has("scl") and clouds.usable(scene)
+
+    def _select(self, scene: Scene, classes: Sequence[str], model: bool = False
+                ) -> tuple[dict[str, Rule], Rule | None]:
         bands = set(scene.bands)
-        chosen = {cls: self.rules.rule_for(cls, bands) for cls in classes}
+        # With the model, "cloud" is its cloud class, not a rule.
+        chosen = {cls: self.rules.rule_for(cls, bands) for cls in classes if not (model and cls == "cloud")}
         seen: dict[int, str] = {}
         for cls, rule in chosen.items():
             if id(rule) in seen:
@@ -49,7 +64,7 @@ class SpectralBackend:
                 )
             seen[id(rule)] = cls
         cloud = None
-        if self.mask_clouds and "cloud" not in classes and scene.kind == "optical":
+        if self.mask_clouds and not model and "cloud" not in classes and scene.kind == "optical":
             cloud = next((r for r in self.rules.rules if r.cls == "cloud" and set(r.needs) <= bands), None)
         return chosen, cloud
 
@@ -61,7 +76,7 @@ class SpectralBackend:
                 if name not in env:
                     if name not in self.rules.indices:
                         raise InputError(f"rule for {rule.cls} uses unknown index or band {name!r}")
-                    env[name] = evaluate(self.rules.indices[name], env)
+                    evaluate_index(self.rules.indices, name, env)
         return env
 
     def _thresholds(self, scene: Scene, rules: Sequence[Rule], needs: list[str]) -> dict[str, float]:
@@ -79,9 +94,7 @@ class SpectralBackend:
             bands, valid = scene.read(needs, window)
             env = self._env(bands, [], {})
             for spec in specs:
-                if spec.index not in env:
-                    env[spec.index] = evaluate(self.rules.indices[spec.index], env)
-                values = env[spec.index][valid]
+                values = evaluate_index(self.rules.indices, spec.index, env)[valid]
                 counts, edges = hists[spec.name]
                 counts += np.histogram(values[np.isfinite(values)], bins=edges)[0]
         out = {}
@@ -97,21 +110,26 @@ class SpectralBackend:
         self, scene: Scene, classes: Sequence[str], progress: Progress | None = None
     ) -> tuple[dict[str, Mask], dict]:
         """Boolean masks of ``classes`` on ``scene.grid`` plus statistics on nodata and clouds."""
-        rules, cloud_rule = self._select(scene, classes)
+        use_model = self._use_model(scene, classes)
+        rules, cloud_rule = self._select(scene, classes, use_model)
         active = list(rules.values()) + ([cloud_rule] if cloud_rule else [])
-        needs = sorted({b for r in active for b in r.needs})
-        thresholds = self._thresholds(scene, active, needs)
-        # The quicklook's bands come from this same pass: no second read of the scene.
-        preview = Preview(scene.grid, preview_bands(scene.bands))
-        needs = sorted(set(needs) | set(preview.names))
+        needs = sorted({b for r in active for b in r.needs} | ({"blue"} if not active else set()))
+        # Before any work: refuse values that are not what the rules expect (uncalibrated SAR, DN read as
+        # reflectance, a wrong offset); warnings go into the report.
+        checked = sorted(set(needs) | (set(clouds.BANDS_6) & set(scene.bands) if use_model else set()))
+        warnings = check_scene(scene, checked)
         shape = scene.grid.shape
         data = {cls: np.zeros(shape, dtype=bool) for cls in classes}
         valid_all = np.zeros(shape, dtype=bool)
-        nodata_px = cloud_px = 0
+        nodata_px = cloud_px = shadow_px = 0
+        # The quicklook's bands come from this same pass: no second read of the scene.
+        preview = Preview(scene.grid, preview_bands(scene.bands))
+        read_needs = sorted(set(needs) | set(preview.names))
         windows = list(scene.grid.windows(preview.aligned(self.block)))
+        excluding = self.mask_clouds and "cloud" not in classes
 
         def classify(window):
-            bands, valid = scene.read(needs, window)
+            bands, valid = scene.read(read_needs, window)
             env = self._env(bands, active, thresholds)
             nodata = int(valid.size - np.count_nonzero(valid))
             preview.add(window, bands, valid)
@@ -125,8 +143,11 @@ class SpectralBackend:
             return window, valid, nodata, cloudy, classes_here
 
         # Two windows in flight: GDAL decompression and numpy release the GIL, so reading one window
-        # overlaps computing the other.
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        # overlaps computing the other. The cloud model runs beside them in a third thread (onnxruntime
+        # releases the GIL too) and its classes are applied once the windows are done.
+        with ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
+            model = pool.submit(clouds.model_cloud_map, scene) if use_model else None
+            thresholds = self._thresholds(scene, active, needs)
             for i, (window, valid, nodata, cloudy, classes_here) in enumerate(pool.map(classify, windows)):
                 rows = slice(int(window.row_off), int(window.row_off + window.height))
                 cols = slice(int(window.col_off), int(window.col_off + window.width))
@@ -137,12 +158,30 @@ class SpectralBackend:
                     data[cls][rows, cols] = block
                 if progress:
                     progress(i + 1, len(windows))
+            cloud_map = model.result() if model is not None else None
+        if cloud_map is not None:
+            for window in windows:
+                rows = slice(int(window.row_off), int(window.row_off + window.height))
+                cols = slice(int(window.col_off), int(window.col_off + window.width))
+                valid = valid_all[rows, cols]
+                cloud, shadow = cloud_map.window(window)
+                cloud &= valid
+                if "cloud" in classes:
+                    data["cloud"][rows, cols] = cloud
+                elif excluding:
+                    shadow &= valid
+                    cloud_px += int(np.count_nonzero(cloud)) + int(np.count_nonzero(shadow))
+                    shadow_px += int(np.count_nonzero(shadow))
+                    valid &= ~(cloud | shadow)  # a view: valid_all itself; the masks clear themselves from it
         total = shape[0] * shape[1]
         stats = {
             "nodata_percent": 100.0 * nodata_px / total,
             "cloud_percent": 100.0 * cloud_px / total,
-            "cloud_rule": cloud_rule.source if cloud_rule else None,
+            "cloud_shadow_percent": 100.0 * shadow_px / total if cloud_map is not None and excluding else None,
+            "cloud_rule": cloud_map.source if cloud_map is not None and excluding else
+            (cloud_rule.source if cloud_rule else None),
             "thresholds": thresholds,
+            "warnings": warnings,
             "preview": preview,
         }
         if not valid_all.any():
@@ -150,7 +189,7 @@ class SpectralBackend:
             raise InputError(f"{scene.path.name}: every pixel is {what}; nothing to measure")
         masks = {
             cls: Mask(data=data[cls], valid=valid_all, grid=scene.grid, label=cls, frame=scene.frame,
-                      source=rules[cls].source)
+                      source=rules[cls].source if cls in rules else cloud_map.source)
             for cls in classes
         }
         return masks, stats
@@ -172,12 +211,19 @@ class SpectralBackend:
 
             frame_masks, stats = self.masks_for(scene, query.classes, sub_progress)
             trace.previews[frame] = stats["preview"]
+            for warning in stats["warnings"]:
+                log.warning(warning)
+                trace.notes.append(f"{frame}: {warning}")
             suffix = f"_{frame}" if len(query.frames) > 1 else ""
             trace.numbers[f"nodata_percent{suffix}"] = Number(round(stats["nodata_percent"], 4), "%")
             trace.numbers[f"cloud_percent{suffix}"] = Number(round(stats["cloud_percent"], 4), "%")
+            if stats["cloud_shadow_percent"] is not None:
+                trace.numbers[f"cloud_shadow_percent{suffix}"] = Number(round(stats["cloud_shadow_percent"], 4), "%")
             if stats["cloud_rule"]:
+                shadows = "" if stats["cloud_shadow_percent"] is None else \
+                    f", of which {stats['cloud_shadow_percent']:.1f}% cloud shadow"
                 trace.notes.append(f"{frame}: clouds excluded by {stats['cloud_rule']}"
-                                   f" ({stats['cloud_percent']:.1f}% of pixels)")
+                                   f" ({stats['cloud_percent']:.1f}% of pixels{shadows})")
             elif scene.kind == "optical" and "cloud" not in query.classes:
                 trace.notes.append(f"{frame}: no cloud test possible with bands {', '.join(scene.bands)}")
             if stats["nodata_percent"]:

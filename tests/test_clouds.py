@@ -1,0 +1,117 @@
+"""Clouds and cloud shadows from ukis-csmask's trained model, on a real hand-labelled cloudy scene."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from tests.conftest import DATA, run_cli
+from tscope.geo.grid import Grid
+from tscope.geo.scene import ReadOptions, open_scene
+from tscope.reason import clouds
+from tscope.reason.query import parse_query
+from tscope.reason.spectral import SpectralBackend
+
+pytestmark = [
+    pytest.mark.skipif(not clouds.available(), reason="the clouds extra (ukis-csmask) is not installed"),
+    pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),  # reading the plain label
+]
+
+S2 = DATA / "ukis_s2_cloudy.tif"
+LABEL = DATA / "ukis_s2_cloudy_label.tif"  # 0 cloud shadow, 1 water, 3 clear land, 4 cloud
+
+
+@pytest.fixture(scope="module")
+def label() -> np.ndarray:
+    with rasterio.open(LABEL) as src:
+        return src.read(1)
+
+
+@pytest.fixture(scope="module")
+def with_model():
+    return SpectralBackend().masks_for(open_scene(S2, ReadOptions(gsd=30)), ["vegetation"])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return np.count_nonzero(a & b) / np.count_nonzero(a | b)
+
+
+def test_model_masks_clouds_and_shadows_like_the_hand_label(with_model, label):
+    masks, stats = with_model
+    excluded = ~masks["vegetation"].valid
+    truth = (label == 4) | (label == 0)
+    assert "ukis-csmask" in stats["cloud_rule"] and "L1C" in stats["cloud_rule"]
+    # The label: 18.9% cloud and 10.9% cloud shadow. The HOT rule masks no shadow at all.
+    assert stats["cloud_shadow_percent"] == pytest.approx(14.2, abs=2.0)
+    assert stats["cloud_percent"] == pytest.approx(38.5, abs=3.0)
+    assert _iou(excluded, truth) > 0.7
+    _, hot = SpectralBackend(cloud_model=False).masks_for(open_scene(S2, ReadOptions(gsd=30)), ["vegetation"])
+    assert hot["cloud_shadow_percent"] is None and hot["cloud_percent"] < 20
+
+
+def test_cloud_questions_are_answered_by_the_model(label):
+    masks, _ = SpectralBackend().masks_for(open_scene(S2, ReadOptions(gsd=30)), ["cloud"])
+    assert "ukis-csmask" in masks["cloud"].source
+    assert _iou(masks["cloud"].data, label == 4) > 0.7
+
+
+def test_without_the_extra_the_hot_rule_masks_clouds(monkeypatch, slovenia_t2):
+    monkeypatch.setattr(clouds, "available", lambda: False)
+    trace = SpectralBackend().reason([open_scene(slovenia_t2)], parse_query("What percentage is forest?"))
+    assert any("HOT > 0" in note for note in trace.notes)
+    assert "cloud_shadow_percent" not in trace.numbers
+
+
+def test_the_report_names_what_masked_the_clouds(tmp_path, slovenia):
+    result = run_cli("ask", slovenia, "What percentage is forest?", "--out", tmp_path / "o", "--json", "-q")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    note = next(n for n in answer["notes"] if "clouds excluded by" in n)
+    assert "ukis-csmask" in note and "cloud shadows" in note and "30.3 m grid" in note
+    assert answer["numbers"]["cloud_shadow_percent"]["value"] == 0.0
+    assert "ukis-csmask" in (tmp_path / "o" / "answer.md").read_text()
+
+
+def test_scl_comes_before_the_model(tmp_path, slovenia):
+    with rasterio.open(slovenia) as src:
+        data, profile, descriptions = src.read(), src.profile | {"driver": "GTiff"}, src.descriptions
+    scl = np.full(data.shape[1:], 4, np.uint16)
+    scl[:20] = 9
+    path = tmp_path / "l2a.tif"
+    with rasterio.open(path, "w", **(profile | {"count": data.shape[0] + 1})) as dst:
+        dst.write(np.concatenate([data, scl[None]]))
+        dst.descriptions = (*descriptions, "scl")
+    _, stats = SpectralBackend().masks_for(open_scene(path), ["forest"])
+    assert stats["cloud_rule"].startswith("Sentinel-2 L2A scene classification")
+    assert stats["cloud_percent"] == pytest.approx(100 * 20 / 101, abs=0.01)
+
+
+def test_large_scenes_run_the_model_on_a_bounded_coarse_grid():
+    class Tile:  # a full Sentinel-2 tile at 10 m: the model must not see 3660 px a side
+        grid = Grid("EPSG:32633", Affine(10, 0, 399960, 0, -10, 5100000), 10980, 10980)
+
+    class Small:
+        grid = Grid("EPSG:32633", Affine(10, 0, 399960, 0, -10, 5100000), 100, 101)
+
+    assert clouds._coarse_side(Tile) <= clouds.MAX_SIDE
+    assert clouds._coarse_side(Small) == 34  # 30 m, what the models were trained on
+
+
+def test_product_level_from_preset_bands_and_tags(slovenia, naip):
+    assert clouds.product_level(open_scene(slovenia)) == "l1c"  # has the cirrus band
+    assert clouds.product_level(open_scene(S2)) == "l1c"  # tagged Level-1 TOA
+    assert clouds.product_level(open_scene(naip)) == "l2a"
+
+
+def test_thin_cloud_the_hot_rule_misses_is_cloud_for_the_model(slovenia_hazy):
+    # eo-learn scene 1 (2015-07-31): thin cloud over the whole scene (blue ~0.15 against ~0.08 when
+    # clear). ukis-csmask and s2cloudless both call it cloud; the HOT rule passes 0.9% of it.
+    thin = open_scene(slovenia_hazy.parent / "slovenia_s2_thin_cloud.tif")
+    model, _ = SpectralBackend().masks_for(thin, ["cloud"])
+    rule, _ = SpectralBackend(cloud_model=False).masks_for(thin, ["cloud"])
+    assert model["cloud"].data.mean() > 0.95
+    assert rule["cloud"].data.mean() < 0.02

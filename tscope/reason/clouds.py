@@ -1,0 +1,174 @@
+"""Clouds and cloud shadows from a trained model: ukis-csmask (Wieland et al. 2019; 2022), when installed.
+
+ukis-csmask ships ONNX U-Nets trained on hand-labelled Sentinel-2 and Landsat scenes (SPARCS,
+CloudSEN12+) for Level-1C (top of atmosphere) and Level-2A (surface) reflectance, with 6 bands
+(blue, green, red, nir, swir16, swir22) or 4 (blue, green, red, nir). It is an optional extra
+(``pip install tscope[clouds]``); without it, or without those bands, the rules of
+``models/spectral.toml`` (Sentinel-2 SCL, else the HOT test) mask clouds and nothing masks shadows.
+
+The model runs once per scene, in a thread beside the windowed pass, on a coarser grid: about 30 m pixels (what
+the models were trained on), coarser still for large scenes so that it never sees more than
+``MAX_SIDE`` pixels a side (a full Sentinel-2 tile runs at about 220 m, 500 px a side: clouds and
+their shadows are hundreds of metres across, and this bounds the model's cost at a few seconds).
+Each window of the analysis grid then takes its classes from that grid by nearest neighbour.
+
+Known limit: dark water looks like cloud shadow, and the model calls much of it shadow; it is then
+excluded with the shadows (and counted in ``cloud_shadow_percent``), as every shadow must be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from tscope.geo.scene import Scene
+
+MODEL_GSD_M = 30.0
+# The model takes 256-px tiles: 512 px a side is 2 x 2 tiles.
+MAX_SIDE = 512
+BANDS_6 = ("blue", "green", "red", "nir", "swir16", "swir22")
+BANDS_4 = BANDS_6[:4]
+CLOUD, SHADOW = 1, 2  # the model's classes; 0 is clear
+
+
+@dataclass(frozen=True)
+class CloudMap:
+    """Classes (0 clear, 1 cloud, 2 cloud shadow) on a coarse grid spanning the scene's analysis grid."""
+
+    classes: np.ndarray
+    shape: tuple[int, int]
+    source: str
+    gsd_m: float | None
+
+    def window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(cloud, shadow) boolean arrays for ``window`` of the analysis grid (nearest coarse cell)."""
+        rows_c, cols_c = self.classes.shape
+        rows = np.arange(int(window.row_off), int(window.row_off + window.height))
+        cols = np.arange(int(window.col_off), int(window.col_off + window.width))
+        # Cell of each full-resolution pixel centre: the coarse grid spans the same extent.
+        r = np.minimum(((rows + 0.5) * rows_c / self.shape[0]).astype(np.int64), rows_c - 1)
+        c = np.minimum(((cols + 0.5) * cols_c / self.shape[1]).astype(np.int64), cols_c - 1)
+        block = self.classes[np.ix_(r, c)]
+        return block == CLOUD, block == SHADOW
+
+
+def product_level(scene: Scene) -> str:
+    """"l1c" for top-of-atmosphere products, "l2a" for surface reflectance.
+
+    Level-1 presets, files whose metadata says Level-1 or TOA, and files with the cirrus band (B10,
+    which Level-2A products drop) are top of atmosphere; everything else (Earth Search L2A, most
+    analysis-ready files) is taken as surface reflectance.
+    """
+    preset = scene.band_map.preset.name if scene.band_map.preset else ""
+    if preset in ("s2-l1c", "landsat8") or scene.has("cirrus"):
+        return "l1c"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(scene.path) as src:
+            tags = " ".join(str(v) for v in src.tags().values())
+    return "l1c" if _LEVEL1.search(tags) else "l2a"
+
+
+_LEVEL1 = re.compile(r"\b(L1C?|L1TP|Level-?1C?|TOA)\b", re.IGNORECASE)
+
+
+def available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+        import ukis_csmask  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+
+def usable(scene: Scene) -> bool:
+    """Whether the model can mask this scene: optical, with at least blue, green, red and nir."""
+    return scene.kind == "optical" and all(scene.has(b) for b in BANDS_4) and available()
+
+
+def _coarse_side(scene: Scene) -> int:
+    """Longest side, in pixels, of the grid the model runs on."""
+    grid = scene.grid
+    longest = max(grid.width, grid.height)
+    try:
+        size = min(grid.pixel_size_m())
+    except Exception:  # noqa: BLE001 - a CRS without a ground metric: take the pixels as they are
+        size = MODEL_GSD_M
+    factor = max(1, round(MODEL_GSD_M / size)) if grid.units == "m" else 1
+    factor = max(factor, math.ceil(longest / MAX_SIDE))
+    return max(1, math.ceil(longest / factor))
+
+
+@cache
+def _session(model_file: Path):
+    """One onnxruntime session per model and process (loading a 40 MB model takes most of a second)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    return onnxruntime.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _model_file(bands: tuple[str, ...], level: str) -> Path:
+    import ukis_csmask
+
+    return Path(ukis_csmask.__file__).parent / f"model_{len(bands)}b_{level}.onnx"
+
+
+def predict(image: np.ndarray, bands: tuple[str, ...], level: str) -> np.ndarray:
+    """Classes (0 clear, 1 cloud, 2 shadow) of a (rows, cols, bands) reflectance image, with the package's model.
+
+    The model takes 256 x 256 tiles normalised by the statistics in its JSON file (as ukis-csmask's
+    ``CSmask`` does). ``CSmask`` itself is not used: it loads the model anew on every call and runs
+    20 %-overlapping tiles, four times the pixels on a 512-px image; here the image is already coarse,
+    so it is cut into non-overlapping tiles (edges padded by reflection) and the session is reused.
+    """
+    model_file = _model_file(bands, level)
+    meta = json.loads(model_file.with_suffix(".json").read_text())
+    mean, std = (np.asarray(v, np.float32) for v in meta["data"]["dataset_statistics"]["img"])
+    order = [bands.index(b) for b in meta["data"]["dataset_statistics"]["band_names"]]
+    tile = int(meta["data"]["target_size"][0])
+    rows, cols = image.shape[:2]
+    padded_rows, padded_cols = -(-rows // tile) * tile, -(-cols // tile) * tile
+    x = (image[..., order] - mean) / std
+    x = np.pad(x, ((0, padded_rows - rows), (0, padded_cols - cols), (0, 0)), mode="symmetric")
+    tiles = (x.reshape(padded_rows // tile, tile, padded_cols // tile, tile, len(order))
+             .transpose(0, 2, 4, 1, 3).reshape(-1, len(order), tile, tile).astype(np.float32))
+    session = _session(model_file)
+    name = session.get_inputs()[0].name
+    classes = np.concatenate([np.argmax(session.run(None, {name: tiles[i:i + 4]})[0], axis=1)
+                              for i in range(0, len(tiles), 4)]).astype(np.uint8)
+    out = (classes.reshape(padded_rows // tile, padded_cols // tile, tile, tile)
+           .transpose(0, 2, 1, 3).reshape(padded_rows, padded_cols))
+    return np.ascontiguousarray(out[:rows, :cols])
+
+
+def model_cloud_map(scene: Scene) -> CloudMap:
+    """Run ukis-csmask's model over ``scene`` on a coarse grid (see the module docstring)."""
+    bands = BANDS_6 if all(scene.has(b) for b in BANDS_6) else BANDS_4
+    level = product_level(scene)
+    side = _coarse_side(scene)
+    image = np.moveaxis(scene.read_overview(list(bands), side), 0, -1)
+    # Nodata reads as NaN in float files; a NaN would spread through the convolutions to its neighbours.
+    image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    classes = predict(image, bands, level)
+    grid = scene.grid
+    gsd = None
+    if grid.units == "m":
+        gsd = round(min(grid.pixel_size_m()) * grid.width / classes.shape[1], 1)
+    version = metadata.version("ukis-csmask")
+    grid_text = f"{gsd:g} m grid" if gsd else f"{classes.shape[1]} x {classes.shape[0]} px grid"
+    source = (f"ukis-csmask {version} {len(bands)}-band {level.upper()} U-Net (Wieland et al. 2019), "
+              f"clouds and cloud shadows, on a {grid_text}")
+    return CloudMap(classes=classes, shape=grid.shape, source=source, gsd_m=gsd)
