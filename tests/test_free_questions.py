@@ -127,3 +127,21 @@ def test_measured_answers_carry_the_model_answer_and_disagreements(native, slove
                 backend_options=_options(native, scene_tile=64, tile_overlap=16), write=False)
     assert any("disagrees with the measured coverage_percent 0" in note for note in trace.notes)
     assert np.isclose(trace.numbers["coverage_percent"].value, 0.0)
+
+
+def test_free_question_on_a_plain_png_answers_with_masks_in_pixels(native, tmp_path):
+    from PIL import Image
+
+    from tscope.ask import ask
+
+    image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "plain.png")
+    trace = ask([tmp_path / "plain.png"], "Which buildings show roof damage?", backend="terrascope",
+                backend_options=_options(native), out=tmp_path / "o")
+    assert trace.query.task == "free" and trace.answer == trace.model_answer
+    assert trace.masks and all(m.grid.shape == (90, 120) and m.grid.crs is None for m in trace.masks.values())
+    for mask_id in trace.masks:
+        with rasterio.open(tmp_path / "o" / "masks" / f"{mask_id}.tif") as cog:
+            assert cog.crs is None and (cog.height, cog.width) == (90, 120)
+    assert not (tmp_path / "o" / "masks.geojson").exists()
+    assert not any(note.startswith("masks.geojson") for note in trace.notes)

@@ -281,7 +281,8 @@ def _markdown(trace: Trace, quicklooks: list[str], legend: list[tuple[str, str, 
         lines.append(f"- {scene['frame']}: `{scene['path']}`, {scene['width']} x {scene['height']} px,"
                      f" {scene['crs'] or 'plain image (no CRS)'}, bands {', '.join(scene['bands'])}"
                      f" (from {scene['band_source']})")
-    lines += ["", f"Backend: `{trace.backend}`. Outputs: `answer.json`, `masks.geojson`, `masks/*.tif`.", ""]
+    vectors = ", `masks.geojson`" if "geojson" in trace.outputs else ""
+    lines += ["", f"Backend: `{trace.backend}`. Outputs: `answer.json`{vectors}, `masks/*.tif`.", ""]
     return "\n".join(lines)
 
 
@@ -351,8 +352,8 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
                     future.exception()  # wait: the writer thread must be done before a rollback
         for future in cogs:
             future.result()
-    trace.notes.extend(_vector_notes(written))
     if georeferenced:
+        trace.notes.extend(_vector_notes(written))
         trace.outputs["geojson"] = "masks.geojson"
     else:
         trace.notes.append("plain image (no georeferencing): no masks.geojson; masks/*.tif are on the image's pixels")
