@@ -133,9 +133,9 @@ def bad_inputs(tmp_path, slovenia, naip):
         "unknown class": (["ask", slovenia, "What percentage is covered by dragons?"], "no known land-cover class"),
         "unwritable out": (["ask", slovenia, q, "--out", a_file / "sub"], "cannot write to --out"),
         "unknown sensor": (["ask", slovenia, q, "--sensor", "modis"], "unknown --sensor"),
-        "unknown backend": (["ask", slovenia, q, "--backend", "gpt"], "unknown backend"),
+        "unknown backend": (["ask", slovenia, q, "--backend", "gpt"], "is not one of 'spectral', 'terrascope'"),
         "unknown option": (["ask", slovenia, q, "--frobnicate"], "No such option"),
-        "bad sar format": (["ask", slovenia, q, "--sar-format", "bogus"], "--sar-format must be one of"),
+        "bad sar format": (["ask", slovenia, q, "--sar-format", "bogus"], "'bogus' is not one of 'auto'"),
         "bad assumed CRS": (["ask", slovenia, q, "--assume-crs", "EPSG:99999"], "is not a CRS"),
     }
 
@@ -219,3 +219,19 @@ def test_compare_when_neither_class_is_present(tmp_path, slovenia):
 def test_which_is_smaller_is_answered_as_asked(tmp_path, slovenia):
     result = run_cli("ask", slovenia, "Which is smaller, forest or grassland?", "--out", tmp_path / "o", "--json")
     assert json.loads(result.stdout)["answer"].startswith("Grassland is smaller")
+
+
+def test_ask_quiet_and_verbose_as_the_readme_says(tmp_path, slovenia):
+    q = "What percentage of the image is covered by forest?"
+    quiet = run_cli("ask", slovenia, q, "--out", tmp_path / "a", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and "Forest covers" in quiet.stdout
+    loud = run_cli("ask", slovenia, q, "--out", tmp_path / "b", "-v")
+    assert loud.returncode == 0 and "outputs:" in loud.stderr
+    assert "INFO" in loud.stderr or "info" in loud.stderr.lower()
+
+
+def test_default_output_folder_ends_on_a_whole_word(tmp_path, slovenia):
+    result = run_cli("ask", slovenia, "What percentage of the image is covered by forest?", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (folder,) = [p.name for p in tmp_path.iterdir()]
+    assert folder == "slovenia_s2_what-percentage-of-the-image-is-covered-by"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from tscope.reason.backend import Backend, Progress, get_backend
 from tscope.reason.query import NotMeasurable, free_query, parse_query
 from tscope.reason.trace import Trace
 from tscope.report import default_out_dir, prepare_out_dir, write_outputs
+
+log = logging.getLogger("tscope")
 
 
 def ask(
@@ -36,6 +39,9 @@ def ask(
     """
     name = backend if isinstance(backend, str) else backend.name
     opened = open_scenes(scenes, read_options)
+    for scene in opened:
+        log.info("%s %s: %d x %d px on %s, bands %s", scene.frame, scene.path, scene.grid.width, scene.grid.height,
+                 scene.grid.crs.to_string(), ", ".join(scene.bands))
     try:
         query = parse_query(question, n_scenes=len(opened))
     except NotMeasurable as exc:
@@ -43,6 +49,7 @@ def ask(
             raise InputError(f"{exc}. The {name} backend answers measurable questions only; free-form and"
                              " multiple-choice questions need --backend terrascope --model DIR") from None
         query = free_query(question, n_scenes=len(opened))
+    log.info("question read as a %s question about %s", query.task, ", ".join(query.classes) or "no class")
     engine = get_backend(backend, **(backend_options or {})) if isinstance(backend, str) else backend
     out_dir = None
     if write:

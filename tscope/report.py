@@ -36,7 +36,13 @@ FONT_SIZE = 14
 
 
 def default_out_dir(scene_path: str | Path, question: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", question.lower()).strip("-")[:48].rstrip("-") or "question"
+    words = [w for w in re.sub(r"[^a-z0-9]+", " ", question.lower()).split()]
+    slug = ""
+    for word in words:  # whole words only, at most 48 characters
+        if len(slug) + len(word) + bool(slug) > 48:
+            break
+        slug = f"{slug}-{word}" if slug else word
+    slug = slug or (words[0][:48] if words else "question")
     return Path(f"{Path(scene_path).stem}_{slug}")
 
 

@@ -6,7 +6,19 @@ from pathlib import Path
 
 import typer
 
-from tscope.cli.options import JsonOption, OverwriteOption, print_json, progress_bar
+from tscope.cli.options import (
+    Backend,
+    Dtype,
+    JsonOption,
+    OverwriteOption,
+    Quant,
+    QuietOption,
+    SarFormat,
+    VerboseOption,
+    command_logging,
+    print_json,
+    progress_bar,
+)
 from tscope.errors import InputError
 
 
@@ -16,10 +28,11 @@ def command(
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: named after scene and question)."),
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
-    backend: str = typer.Option("spectral", "--backend", help="spectral (embedded, CPU) or terrascope (the VLM)."),
+    backend: Backend = typer.Option(Backend.spectral, "--backend",
+                                    help="spectral (embedded, CPU) or terrascope (the VLM)."),
     model: Path = typer.Option(None, "--model", help="terrascope: checkpoint folder (released or tscope layout)."),
-    quant: str = typer.Option("none", "--quant", help="terrascope: none, 8bit or 4bit (language model only)."),
-    dtype: str = typer.Option("bf16", "--dtype", help="terrascope: bf16, fp16 or fp32."),
+    quant: Quant = typer.Option(Quant.none, "--quant", help="terrascope: quantise the language model."),
+    dtype: Dtype = typer.Option(Dtype.bf16, "--dtype", help="terrascope: weight and compute precision."),
     device: str = typer.Option("auto", "--device", help="terrascope: auto, cpu, cuda, cuda:N."),
     tile_overlap: int = typer.Option(64, "--tile-overlap", help="terrascope scene mode: overlap between tiles (px)."),
     batch_tiles: int = typer.Option(8, "--batch-tiles",
@@ -30,22 +43,27 @@ def command(
     bands: str = typer.Option(None, "--bands", help="Band names in file order, e.g. red,green,blue,nir (_ skips one)."),
     sensor: str = typer.Option(None, "--sensor", help="Band preset: s2-l2a, s2-l1c, landsat8, rgbn, rgb, s1."),
     l2a_offset: bool = typer.Option(
-        False, "--l2a-offset", help="Subtract the Sentinel-2 baseline-04.00 offset (DN-1000)."
+        False, "--l2a-offset/--no-l2a-offset",
+        help="Subtract the Sentinel-2 baseline-04.00 offset (DN-1000), unless the file declares it."
     ),
-    sar_format: str = typer.Option("auto", "--sar-format", help="SAR values: auto, linear, db or complex."),
+    sar_format: SarFormat = typer.Option(SarFormat.auto, "--sar-format",
+                                         help="SAR values (auto: complex dtype, else dB if mostly negative)."),
     nodata: float = typer.Option(None, "--nodata", help="Nodata value, overriding the file's."),
     assume_crs: str = typer.Option(None, "--assume-crs", help="CRS for files that have none, e.g. EPSG:32633."),
     gsd: float = typer.Option(None, "--gsd", help="Plain images (PNG, JPEG, no georeferencing): metres per pixel,"
                               " for answers in ground units instead of pixels."),
     rules: Path = typer.Option(None, "--rules", help="spectral: a rules TOML replacing models/spectral.toml."),
-    no_cloud_mask: bool = typer.Option(False, "--no-cloud-mask", help="spectral: keep cloudy pixels in the measures."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    cloud_mask: bool = typer.Option(True, "--cloud-mask/--no-cloud-mask",
+                                    help="spectral: leave cloudy pixels out of the measures."),
+    quiet: bool = QuietOption,
+    verbose: int = VerboseOption,
 ) -> None:
     """Answer a question about a scene; write answer.md, masks/*.tif (COG), masks.geojson, answer.json.
 
     Measurable questions (coverage, area, ...) are answered with either backend; free-form and
     multiple-choice questions are answered by the TerraScope model (--backend terrascope).
     """
+    command_logging(quiet, verbose)
     from tscope.ask import ask
     from tscope.geo.scene import ReadOptions
 
@@ -54,31 +72,29 @@ def command(
     if len(args) > 3:
         raise InputError("give at most two scenes (before, after) and one question; quote the question")
     *scenes, question = args
-    read_options = ReadOptions(bands=bands, sensor=sensor, l2a_offset=l2a_offset, sar_format=sar_format,
+    read_options = ReadOptions(bands=bands, sensor=sensor, l2a_offset=l2a_offset, sar_format=sar_format.value,
                                nodata=nodata, assume_crs=assume_crs, gsd=gsd)
-    from tscope.model.quantize import QUANT_CHOICES
-
-    if quant not in QUANT_CHOICES:
-        raise InputError(f"--quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
-    if backend != "terrascope":
+    if backend is not Backend.terrascope:
         # Accepting them silently would let a user believe a quantised VLM answered.
-        given = [name for name, value, default in (("--model", model, None), ("--quant", quant, "none"),
-                                                   ("--dtype", dtype, "bf16"), ("--device", device, "auto"))
+        given = [name for name, value, default in (("--model", model, None), ("--quant", quant.value, "none"),
+                                                   ("--dtype", dtype.value, "bf16"), ("--device", device, "auto"))
                  if value != default]
         if given:
-            raise InputError(f"{', '.join(given)} apply to --backend terrascope only (this is --backend {backend})")
-    if backend == "terrascope":
+            raise InputError(f"{', '.join(given)} apply to --backend terrascope only"
+                             f" (this is --backend {backend.value})")
+    if backend is Backend.terrascope:
         if model is None:
             raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")
-        options = dict(model=model, quant=quant, dtype=dtype, device=device, tile_overlap=tile_overlap,
+        options = dict(model=model, quant=quant.value, dtype=dtype.value, device=device, tile_overlap=tile_overlap,
                        tile_answers=tile_answers, batch_tiles=batch_tiles)
     else:
-        options = dict(rules=str(rules) if rules else None, mask_clouds=not no_cloud_mask)
+        options = dict(rules=str(rules) if rules else None, mask_clouds=cloud_mask)
     with progress_bar("reasoning", quiet=quiet) as progress:
-        trace = ask(scenes, question, backend=backend, backend_options=options, read_options=read_options,
+        trace = ask(scenes, question, backend=backend.value, backend_options=options, read_options=read_options,
                     out=out, overwrite=overwrite, progress=progress)
     if as_json:
         print_json(trace.to_dict() | {"out": trace.outputs.get("dir")})
     else:
         typer.echo(trace.answer)
-        typer.echo(f"outputs: {trace.outputs.get('dir')}", err=True)
+        if not quiet:
+            typer.echo(f"outputs: {trace.outputs.get('dir')}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tscope.cli.data import ChipOption, ClassesOption, FootprintsOption, LabelsOption, require_bench_extra
-from tscope.cli.options import JsonOption, OverwriteOption, print_json, progress_bar
+from tscope.cli.options import Backend, Dtype, JsonOption, OverwriteOption, Quant, print_json, progress_bar
 from tscope.errors import InputError
 
 app = typer.Typer(help="TerraScope-Bench: build samples (build) and evaluate a backend (eval).", no_args_is_help=True)
@@ -53,11 +53,11 @@ def evaluate_command(
     bench: Path = typer.Argument(..., metavar="BENCH.parquet", help="Official or tscope bench parquet."),
     out: Path = typer.Option(None, "--out", "-o",
                              help="Report folder: results.jsonl, report.json, report.md (default: BENCH_<backend>)."),
-    backend: str = typer.Option("spectral", "--backend",
-                                help="spectral (reads the georeferenced sources) or terrascope."),
+    backend: Backend = typer.Option(Backend.spectral, "--backend",
+                                    help="spectral (reads the georeferenced sources) or terrascope."),
     model: Path = typer.Option(None, "--model", help="terrascope: checkpoint folder."),
-    quant: str = typer.Option("none", "--quant", help="terrascope: none, 8bit or 4bit."),
-    dtype: str = typer.Option("bf16", "--dtype", help="terrascope: bf16, fp16 or fp32."),
+    quant: Quant = typer.Option(Quant.none, "--quant", help="terrascope: quantise the language model."),
+    dtype: Dtype = typer.Option(Dtype.bf16, "--dtype", help="terrascope: weight and compute precision."),
     device: str = typer.Option("auto", "--device", help="terrascope: auto, cpu, cuda, cuda:N."),
     tasks: str = typer.Option(None, "--tasks", help="Comma list of task types or abbreviations (CA,BRD,...)."),
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N (selected) samples."),
@@ -71,27 +71,28 @@ def evaluate_command(
     from tscope.bench.report import summarise, write_report
     from tscope.geo.writers import rollback_on_failure
 
-    out = out or bench.with_name(f"{bench.stem}_{backend}")
+    backend_name = backend.value
+    out = out or bench.with_name(f"{bench.stem}_{backend_name}")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     if not bench.exists():
         raise InputError(f"{bench}: no such bench file")
-    if backend == "spectral" and (model is not None or quant != "none" or dtype != "bf16" or device != "auto"):
+    if backend is Backend.spectral and (model is not None or quant is not Quant.none or dtype is not Dtype.bf16
+                                        or device != "auto"):
         raise InputError("--model, --quant, --dtype and --device apply to --backend terrascope only")
-    if backend == "spectral":
+    if backend is Backend.spectral:
         answerer = SpectralAnswerer(bench.resolve().parent)
         name = "spectral"
-    elif backend == "terrascope":
+    else:
         if model is None:
             raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")
         from tscope.reason.backend import get_backend
 
-        answerer = get_backend("terrascope", model=model, quant=quant, dtype=dtype, device=device)
+        answerer = get_backend("terrascope", model=model, quant=quant.value, dtype=dtype.value,
+                               device=device)
         if not hasattr(answerer, "chat"):
             raise InputError("this terrascope backend has no chat(images, prompt) method to answer bench samples")
         name = f"TerraScope ({model.name})"
-    else:
-        raise InputError(f"unknown backend {backend!r}; choose spectral or terrascope")
     results = out / "results.jsonl"
     if restart and results.exists():
         results.unlink()

@@ -80,7 +80,7 @@ def res(
     as_json: bool = JsonOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Write "Please segment the [class]." pairs with one RLE mask each (stage-1 training)."""
+    """Write "Please segment the CLASS." pairs with one RLE mask each (stage-1 training)."""
     require_bench_extra()
     from tscope.data.res import res_records
     from tscope.data.synth import Sources

@@ -9,6 +9,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 
 import typer
 
@@ -16,8 +17,64 @@ Progress = Callable[[int, int], None]
 
 log = logging.getLogger("tscope")
 
+
+
+class Backend(StrEnum):
+    spectral = "spectral"
+    terrascope = "terrascope"
+
+
+class Quant(StrEnum):
+    none = "none"
+    q8 = "8bit"
+    q4 = "4bit"
+
+
+class Dtype(StrEnum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class SarFormat(StrEnum):
+    auto = "auto"
+    linear = "linear"
+    db = "db"
+    complex = "complex"
+
+
+class StackMode(StrEnum):
+    auto = "auto"
+    stack = "stack"
+    pair = "pair"
+
+
+class Resampling(StrEnum):
+    """GDAL resampling methods offered for reflectance and backscatter."""
+
+    nearest = "nearest"
+    bilinear = "bilinear"
+    cubic = "cubic"
+    cubic_spline = "cubic_spline"
+    lanczos = "lanczos"
+    average = "average"
+    mode = "mode"
+    min = "min"
+    max = "max"
+    med = "med"
+
+
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON on stdout (logs stay on stderr).")
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace existing outputs in --out.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar; only errors on stderr.")
+VerboseOption = typer.Option(0, "--verbose", "-v", count=True, show_default=False,
+                             help="More log output on stderr (-vv: debug).")
+
+
+def command_logging(quiet: bool, verbose: int) -> None:
+    """A command's own -q/-v (as after ``tscope``): only errors, or more log lines, on stderr."""
+    if quiet or verbose:
+        setup_logging(-1 if quiet else verbose)
 
 
 def setup_logging(verbosity: int) -> None:
@@ -83,3 +140,60 @@ def progress_bar(description: str, quiet: bool = False) -> Iterator[Progress | N
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+_TYPE_WORDS = {"int": "N", "float": "NUMBER", "str": "TEXT", "Path": "PATH", "path": "PATH", "file": "PATH",
+               "directory": "DIR", "datetime": "DATETIME"}
+
+
+def _type_word(label: str) -> str:
+    label = label.strip("<>").removeprefix("list[").removesuffix("]")
+    return _TYPE_WORDS.get(label, label.upper())
+
+
+def plain_help_types() -> None:
+    """Help shows what rio and stac-client show: nothing after a flag, a word (``N``, ``PATH``) or the
+    choices after an option, an argument's own metavar; never a Python type name.
+
+    Typer >= 0.2x renders ``<bool>``, ``<int>``, ``<list[str]>`` and ``{SCENE ...}...`` and offers no
+    setting to turn that off, so its two display hooks are replaced here (older Typer releases lack
+    them and print click's words, which are fine). ``tests/test_help.py`` checks every command.
+    """
+    from typer import core
+
+    option, argument = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if option is None or argument is None or not hasattr(option, "display_type"):
+        return
+    if getattr(option, "_tscope_plain", False):
+        return
+
+    def option_type(self, ctx):  # noqa: ANN001, ANN202 - Typer's hook signature
+        if self.metavar is not None:
+            return self.metavar
+        if self.is_flag or self.count:
+            return ""
+        if self.type_descriptor.is_choice:
+            return self.display_type(ctx)
+        return _type_word(self.display_type(ctx)) + ("..." if self.multiple else "")
+
+    def argument_type(self, ctx):  # noqa: ANN001, ANN202
+        if self.metavar is not None:
+            return None
+        return _type_word(self.display_type(ctx))
+
+    def argument_usage(self):  # noqa: ANN001, ANN202
+        if self.metavar is not None:
+            return self.metavar if self.required else f"[{self.metavar}]"
+        name = self.display_name_raw
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    option.display_type_rich = option_type
+    argument.display_type_rich = argument_type
+    argument._usage_display_name = argument_usage
+    argument._rich_display_name = lambda self: self.display_name_raw if self.metavar else (
+        self.display_name_raw + ("..." if self.nargs != 1 else ""))
+    option._tscope_plain = True
+
+
+plain_help_types()

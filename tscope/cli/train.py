@@ -19,7 +19,7 @@ MaxStepsOption = typer.Option(None, "--max-steps", help="Stop after N optimizer 
 EvalEveryOption = typer.Option(None, "--eval-every", help="Score the held-out split every N steps (0: never).")
 ResumeOption = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out (same data order).")
 OutOption = typer.Option(None, "--out", "-o", help="Output folder (default: the recipe's `out`).")
-QuietOption = typer.Option(False, "--quiet", help="No progress bar.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 @contextlib.contextmanager

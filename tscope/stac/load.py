@@ -33,7 +33,7 @@ SAR_DEFAULT_BANDS = ("vv", "vh")
 CATEGORICAL = frozenset({"scl"})
 SCL_CLOUD = (3, 8, 9, 10)  # cloud shadow, cloud medium / high probability, thin cirrus
 L2A_BASELINE_OFFSET = -0.1  # -1000 DN at the 1e-4 scale
-RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med")
+RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max", "med")
 _IMAGE_TYPES = ("image/tiff", "image/jp2", "image/vnd.stac.geotiff", "application/x-geotiff")
 
 
