@@ -76,7 +76,9 @@ def test_arguments_are_checked():
         parse_datetime("2023-09-01/2023-08-01")
     assert parse_datetime("2023-06-01/..") == "2023-06-01/.."
     with pytest.raises(InputError):
-        bbox_geometry((10, 50, 9, 51))
+        bbox_geometry((9, 51, 10, 50))
+    with pytest.raises(InputError):
+        bbox_geometry((500100, 5000000, 500000, 5000100), "EPSG:32633")  # only longitudes wrap
     with pytest.raises(InputError):
         resolve_catalog("ftp://example.org")
     with pytest.raises(InputError):
@@ -93,11 +95,11 @@ def test_cdse_without_credentials_fails_first(monkeypatch):
 
 def test_search_follows_next_links_and_filters_cloud(server):
     found = list_items(request(server).search, FAST)
-    assert [i["datetime"][:10] for i in found] == ["2015-07-11", "2015-08-20", "2015-08-30"]
-    assert found[0]["collection"] == COLLECTION and found[0]["crs"] == "EPSG:32633"
+    assert [i.datetime.date().isoformat() for i in found] == ["2015-07-11", "2015-08-20", "2015-08-30"]
+    assert found[0].collection_id == COLLECTION and found[0].properties["proj:code"] == "EPSG:32633"
     assert sum(1 for m, p, s in server.log if p == "/search" and s == 200) == 3  # page size 1: two next links
     clear = SearchRequest(geometry=bbox_geometry(scene_bbox()), datetime=PERIOD, catalog=server.url, max_cloud=10)
-    assert [i["cloud_cover"] for i in list_items(clear, FAST)] == [2.0, 4.0]
+    assert [i.properties["eo:cloud_cover"] for i in list_items(clear, FAST)] == [2.0, 4.0]
 
 
 def test_fetch_cli_end_to_end_then_ask(server, tmp_path):
@@ -111,8 +113,10 @@ def test_fetch_cli_end_to_end_then_ask(server, tmp_path):
     assert any(method == "GET" and path.startswith("/assets/") and status == 206 for method, path, status in server.log)
     tif = out / summary["scenes"][0]["file"]
     sidecar = json.loads((out / summary["scenes"][0]["sidecar"]).read_text())
-    assert sidecar["items"][0]["id"] == "S2A_T33TWM_20150820T100016_L2A"
-    assert sidecar["query"]["search"]["datetime"] == PERIOD and sidecar["tscope_version"]
+    assert [link["title"] for link in sidecar["links"] if link["rel"] == "derived_from"] == [
+        "S2A_T33TWM_20150820T100016_L2A"]
+    assert sidecar["properties"]["tscope:query"]["search"]["datetime"] == PERIOD
+    assert sidecar["properties"]["tscope:version"]
     with rasterio.open(tif) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.crs.to_epsg() == 32633 and src.res == (10.0, 10.0) and src.nodata == 0

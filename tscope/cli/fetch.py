@@ -66,11 +66,15 @@ def command(
     if list_only:
         found = list_items(search, policy)
         if as_json:
-            print_json({"query": search.to_dict(), "items": found})
+            from tscope.stac.records import item_collection
+
+            print_json(item_collection(found))  # a STAC ItemCollection, as stac-client prints it
             return
         for item in found:
-            cloud = "-" if item["cloud_cover"] is None else f"{item['cloud_cover']:.1f}%"
-            typer.echo(f"{item['datetime']}  {cloud:>6}  {item['id']}")
+            cloud = item.properties.get("eo:cloud_cover")
+            cloud = "-" if cloud is None else f"{float(cloud):.1f}%"
+            when = item.datetime.isoformat() if item.datetime else item.properties.get("start_datetime")
+            typer.echo(f"{when}  {cloud:>6}  {item.id}")
         return
     request = FetchRequest(search=search, load=LoadOptions(crs=crs, resolution=resolution, bands=names,
                                                            resampling=resampling.value, mask_clouds=mask_clouds))

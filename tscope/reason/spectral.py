@@ -176,8 +176,10 @@ class SpectralBackend:
         total = shape[0] * shape[1]
         stats = {
             "nodata_percent": 100.0 * nodata_px / total,
-            "cloud_percent": 100.0 * cloud_px / total,
-            "cloud_shadow_percent": 100.0 * shadow_px / total if cloud_map is not None and excluding else None,
+            # One definition with fetch's sidecar: cloud as a share of the pixels that hold data.
+            "cloud_percent": 100.0 * cloud_px / max(1, total - nodata_px),
+            "cloud_shadow_percent": (100.0 * shadow_px / max(1, total - nodata_px)
+                                     if cloud_map is not None and excluding else None),
             "cloud_rule": cloud_map.source if cloud_map is not None and excluding else
             (cloud_rule.source if cloud_rule else None),
             "thresholds": thresholds,
@@ -223,7 +225,7 @@ class SpectralBackend:
                 shadows = "" if stats["cloud_shadow_percent"] is None else \
                     f", of which {stats['cloud_shadow_percent']:.1f}% cloud shadow"
                 trace.notes.append(f"{frame}: clouds excluded by {stats['cloud_rule']}"
-                                   f" ({stats['cloud_percent']:.1f}% of pixels{shadows})")
+                                   f" ({stats['cloud_percent']:.1f}% of the pixels with data{shadows})")
             elif scene.kind == "optical" and "cloud" not in query.classes:
                 trace.notes.append(f"{frame}: no cloud test possible with bands {', '.join(scene.bands)}")
             if stats["nodata_percent"]:
@@ -237,8 +239,9 @@ class SpectralBackend:
                 masks[(cls, frame)] = mask
         trace.notes.append("spectral backend: masks are index thresholds (models/spectral.toml), not the VLM")
         solve(query, masks, trace)
-        excluded = max(
-            float(trace.numbers[k].value) + float(trace.numbers[k.replace("cloud", "nodata")].value)
+        excluded = max(  # nodata, plus cloud over what remains (cloud is a share of the pixels with data)
+            float(trace.numbers[k.replace("cloud", "nodata")].value)
+            + float(trace.numbers[k].value) * (100 - float(trace.numbers[k.replace("cloud", "nodata")].value)) / 100
             for k in trace.numbers if k.startswith("cloud_percent")
         )
         if excluded > 50:

@@ -1,18 +1,16 @@
 """The STAC APIs tscope knows by name, and what each needs to be read from.
 
 A catalogue maps tscope's collection names (``s2-l2a``, ``s1``) onto its own collection ids, says
-how asset URLs are signed (Planetary Computer's SAS tokens through the ``planetary-computer``
-package) and which credentials GDAL needs (Copernicus Data Space serves its assets from S3).
-Any other STAC API is given by URL; its collections are then Earth Search's names, or any literal
-collection id.
+how asset URLs are signed (Planetary Computer SAS tokens, requested by :mod:`tscope.stac.signing`)
+and which credentials GDAL needs (Copernicus Data Space serves its assets from S3).
+Any other STAC API is given by URL; tscope's aliases then become the first matching collection the
+API lists (``s2-l2a``: ``sentinel-2-c1-l2a`` or ``sentinel-2-l2a``), or any literal collection id.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlparse
 
 from tscope.errors import InputError
@@ -29,12 +27,17 @@ class Catalog:
     collections: dict[str, str] = field(default_factory=dict)
     signer: str | None = None
     s3_endpoint: str | None = None
+    token_url: str | None = None
     notes: str = ""
+    discover: bool = False  # an API known only by URL: its collections are looked up, not assumed
+
 
     def collection_id(self, collection: str) -> str:
         """The API's collection id for ``collection`` (a tscope alias, or a literal id passed through)."""
         if collection in self.collections:
             return self.collections[collection]
+        if self.discover:
+            return collection
         if collection in COLLECTION_ALIASES:
             offered = ", ".join(self.collections) or "none"
             raise InputError(f"catalogue {self.name} has no {collection} collection (it offers {offered});"
@@ -54,6 +57,7 @@ CATALOGS = {
         url="https://planetarycomputer.microsoft.com/api/stac/v1",
         collections={"s2-l2a": "sentinel-2-l2a", "s1": "sentinel-1-rtc"},
         signer="planetary-computer",
+        token_url="https://planetarycomputer.microsoft.com/api/sas/v1/token/{collection}",
         notes="Microsoft Planetary Computer: assets signed with SAS tokens (PC_SDK_SUBSCRIPTION_KEY"
               " for collections that need a key, such as sentinel-1-rtc)",
     ),
@@ -82,20 +86,8 @@ def resolve_catalog(name_or_url: str | None) -> Catalog:
         known = {c.url.rstrip("/"): c for c in CATALOGS.values()}
         if key.rstrip("/") in known:
             return known[key.rstrip("/")]
-        return Catalog(name=key, url=key, collections=dict(CATALOGS["earth-search"].collections))
+        return Catalog(name=key, url=key, discover=True)
     raise InputError(f"unknown --catalog {name_or_url!r}: give one of {', '.join(CATALOGS)} or an http(s) URL")
-
-
-def item_modifier(catalog: Catalog) -> Callable[[Any], Any] | None:
-    """pystac-client's ``modifier`` that signs asset URLs, for catalogues that need one."""
-    if catalog.signer != "planetary-computer":
-        return None
-    try:
-        import planetary_computer
-    except ImportError:
-        raise InputError("the Planetary Computer needs the planetary-computer package:"
-                         " pip install 'tscope[stac]'") from None
-    return planetary_computer.sign_inplace
 
 
 def gdal_credentials(catalog: Catalog) -> dict[str, str]:

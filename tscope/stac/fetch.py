@@ -2,8 +2,10 @@
 
 ``OUT/<date>_<item id>.tif``: the scene's bands on the AOI grid (band descriptions are common names,
 stored integers with per-band scale/offset, nodata set, ``scl`` when fetched);
-``OUT/<date>_<item id>.json``: the STAC item ids, the query, the catalogue and the tscope version,
-enough to reproduce the file; ``OUT/fetch.json``: the list of scenes, written last.
+``OUT/<date>_<item id>.json``: its STAC Item (projection, raster, eo and file extensions,
+``derived_from`` links to the source items, the query and AOI cloud/nodata shares as ``tscope:``
+properties), enough to reproduce the file; ``OUT/fetch.json``: the list of scenes, written last.
+Cloud percentages are of the AOI pixels that hold data, as ``tscope ask`` reports them.
 """
 
 from __future__ import annotations
@@ -15,15 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from tscope import __version__
-from tscope.errors import InputError
+from tscope.errors import InputError, RuntimeFailure
 from tscope.geo.stack import grid_dict
 from tscope.geo.vector import read_vector_wgs84
 from tscope.geo.writers import Outputs, rollback_on_failure, sweep_partials, write_json
 from tscope.stac.catalogs import gdal_credentials, resolve_catalog
 from tscope.stac.http import NetworkPolicy
-from tscope.stac.load import LoadOptions, aoi_grid, group_items, solar_date, write_scene
+from tscope.stac.load import (
+    LoadOptions,
+    aoi_grid,
+    group_items,
+    items_crs,
+    refuse_uncalibrated_sar,
+    solar_date,
+    write_scene,
+)
 from tscope.stac.names import safe_name
-from tscope.stac.search import SearchRequest, item_summary, search
+from tscope.stac.records import scene_item
+from tscope.stac.search import SearchRequest, search
 
 log = logging.getLogger("tscope")
 
@@ -53,8 +64,9 @@ def scene_name(group: list[Any]) -> str:
     return f"{solar_date(group[0])}_{safe_name(group[0].id)}"
 
 
-def list_items(request: SearchRequest, policy: NetworkPolicy | None = None) -> list[dict]:
-    return [item_summary(i) for i in search(request, policy)]
+def list_items(request: SearchRequest, policy: NetworkPolicy | None = None) -> list[Any]:
+    """The items a fetch would read (pystac Items, unsigned: nothing is downloaded)."""
+    return search(request, policy)
 
 
 def fetch(request: FetchRequest, out: str | Path, *, overwrite: bool = False, policy: NetworkPolicy | None = None,
@@ -66,14 +78,20 @@ def fetch(request: FetchRequest, out: str | Path, *, overwrite: bool = False, po
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    grid = aoi_grid(request.search.geometry, request.load)
+    aoi_grid(request.search.geometry, request.load)  # an AOI too large for any grid fails before searching
     found = items if items is not None else search(request.search, policy)
+    refuse_uncalibrated_sar(found)
+    # Items on one CRS (one UTM zone of Sentinel-2 tiles) are read on it, without reprojection.
+    grid = aoi_grid(request.search.geometry, request.load, items_crs(found))
     groups = group_items(found, request.load.bands)
     names = [scene_name(g) for g in groups]
     if not overwrite:
         taken = [n for n in names if (out / f"{n}.tif").exists()]
         if taken:
             raise InputError(f"{out / (taken[0] + '.tif')} exists; pass --overwrite to replace it")
+    from tscope.stac.signing import sign_items
+
+    groups = [sign_items(g, catalog, policy) for g in groups]  # only what is read gets a token
     query = request.to_dict()
     sweep_partials(out)
     # A failure or Ctrl-C removes the scenes this run wrote and the folders it made: nothing half done.
@@ -97,20 +115,14 @@ def _write_scenes(groups: list[list[Any]], names: list[str], request: FetchReque
         scene = write_scene(group, request.search.geometry, grid, request.load, gdal_options,
                             made.add(out / f"{name}.tif"), tags)
         tif = scene.path
-        record = {
-            "tscope_version": __version__,
-            "file": tif.name,
-            "date": scene.date,
-            "items": [item_summary(i) for i in group],
-            "query": query,
-            "grid": grid_dict(grid),
-            "bands": [{"name": n, "scale": s, "offset": o}
-                      for n, s, o in zip(scene.names, scene.scales, scene.offsets, strict=True)],
-            "nodata": None if scene.nodata != scene.nodata else scene.nodata,
-            "aoi_cloud_percent": scene.cloud_percent,
-            "aoi_nodata_percent": scene.nodata_percent,
-        }
-        write_json(made.add(out / f"{name}.json"), record)
+        if scene.nodata_percent >= 100.0:
+            raise RuntimeFailure(f"{name}: no valid pixel in the AOI (items {', '.join(i.id for i in group)}"
+                                 " hold only nodata there); nothing written")
+        properties = {"query": query, "aoi_cloud_percent": scene.cloud_percent,
+                      "aoi_nodata_percent": scene.nodata_percent,
+                      "cloud_percent_of": "AOI pixels with data (SCL classes 3, 8, 9, 10)"}
+        item = scene_item(scene, group, request.search.geometry, properties, catalog.url)
+        write_json(made.add(out / f"{name}.json"), item.to_dict(include_self_link=False, transform_hrefs=False))
         scenes.append({"file": tif.name, "sidecar": f"{name}.json", "date": scene.date,
                        "items": [i.id for i in group], "aoi_cloud_percent": scene.cloud_percent,
                        "aoi_nodata_percent": scene.nodata_percent})

@@ -41,7 +41,8 @@ _IMAGE_TYPES = ("image/tiff", "image/jp2", "image/vnd.stac.geotiff", "applicatio
 class LoadOptions:
     """How items become pixels: the AOI grid (CRS, pixel size), bands, resampling, cloud masking.
 
-    ``crs`` None: the UTM zone of the AOI centre; ``resolution`` in CRS units (metres for UTM).
+    ``crs`` None: the CRS all items share, else the UTM zone of the AOI centre; ``resolution`` in CRS
+    units (metres for UTM).
     ``bands`` None: every common name of :data:`S2_DEFAULT_BANDS` / :data:`SAR_DEFAULT_BANDS` found.
     """
 
@@ -147,24 +148,74 @@ def _signature(item: Any, bands: dict[str, str]) -> tuple:
     return tuple(sorted((name, band_scaling(item, key, name)) for name, key in bands.items()))
 
 
+def refuse_uncalibrated_sar(items: Sequence[Any]) -> None:
+    """Sentinel-1 GRD as Earth Search serves it is uint16 amplitude, uncalibrated and located by ground
+    control points: reading it as backscatter would give wrong numbers with no warning. tscope reads
+    calibrated, terrain-corrected backscatter (float), such as the Planetary Computer's RTC."""
+    for item in items:
+        sar = {n: k for n, k in item_bands(item).items() if n in SAR_NAMES}
+        for key in sar.values():
+            raster = (item.assets[key].extra_fields.get("raster:bands") or [{}])[0]
+            dtype = str(raster.get("data_type") or "")
+            grd = "grd" in (item.collection_id or "").lower()
+            if grd or (dtype and not dtype.startswith(("float", "cfloat", "complex"))):
+                raise InputError(
+                    f"item {item.id} ({item.collection_id}) holds uncalibrated SAR amplitude ({dtype or 'GRD'}),"
+                    " not backscatter: use a radiometrically terrain-corrected collection, e.g."
+                    " --catalog planetary-computer --collection s1 (sentinel-1-rtc)")
+
+
 # --- grids and grouping ----------------------------------------------------------------------
 
 
 def utm_crs(lon: float, lat: float) -> str:
-    """The WGS 84 / UTM zone EPSG code holding (lon, lat)."""
-    zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
-    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+    """The WGS 84 / UTM zone EPSG code that Sentinel-2's MGRS tiles use at (lon, lat).
+
+    The zone comes from pyproj's CRS database (the area of use of each UTM CRS); the MGRS grid then
+    widens zone 32V over western Norway and replaces zones 32, 34 and 36 by 31, 33, 35 and 37 over
+    Svalbard, which no CRS database encodes, so those two exceptions are applied here.
+    """
+    from pyproj.aoi import AreaOfInterest
+    from pyproj.database import query_utm_crs_info
+
+    lon = (lon + 180.0) % 360.0 - 180.0
+    lat = max(-80.0, min(84.0, lat))
+    found = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+    north = lat >= 0
+    codes = sorted(int(info.code) for info in found if (int(info.code) < 32700) == north)
+    zone = (codes[0] % 100) if codes else min(60, int((lon + 180.0) // 6.0) + 1)
+    if 56.0 <= lat < 64.0 and 3.0 <= lon < 12.0:
+        zone = 32
+    elif 72.0 <= lat <= 84.0 and 0.0 <= lon < 42.0:
+        zone = 31 if lon < 9.0 else 33 if lon < 21.0 else 35 if lon < 33.0 else 37
+    return f"EPSG:{(32600 if north else 32700) + zone}"
 
 
-def aoi_grid(geometry: dict, options: LoadOptions) -> Grid:
-    """The AOI's pixel grid: its bounding box in ``options.crs`` snapped to multiples of the pixel size."""
+def items_crs(items: Sequence[Any]) -> str | None:
+    """The CRS every item declares (``proj:code`` or ``proj:epsg``), if they all declare the same one."""
+    codes = set()
+    for item in items:
+        props = item.properties
+        code = props.get("proj:code") or (f"EPSG:{props['proj:epsg']}" if props.get("proj:epsg") else None)
+        codes.add(code)
+    if len(codes) == 1 and None not in codes:
+        code = codes.pop()
+        return None if code == "EPSG:4326" else code  # a geographic grid is no place to measure in metres
+    return None
+
+
+def aoi_grid(geometry: dict, options: LoadOptions, crs: str | None = None) -> Grid:
+    """The AOI's pixel grid: its bounding box in ``options.crs`` (else ``crs``, else the UTM zone of
+    the AOI centre) snapped to multiples of the pixel size."""
     from odc.geo.geom import Geometry
 
     from tscope.geo.grid import Grid
+    from tscope.stac.search import geometry_bbox
 
     geom = Geometry(geometry, "EPSG:4326")
-    lon, lat = geom.centroid.coords[0]
-    crs = options.crs or utm_crs(lon, lat)
+    minx, miny, maxx, maxy = geometry_bbox(geometry)
+    lon = (minx + maxx) / 2 if minx <= maxx else (minx + maxx + 360.0) / 2  # across the antimeridian
+    crs = options.crs or crs or utm_crs(lon, (miny + maxy) / 2)
     try:
         projected = geom.to_crs(crs)
     except Exception as exc:  # noqa: BLE001 - pyproj raises several types for a bad CRS
@@ -247,6 +298,7 @@ class LoadedScene:
     date: str
     cloud_percent: float | None
     nodata_percent: float
+    dtype: str = "uint16"
 
 
 def _stac_cfg(items: Sequence[Any], bands: dict[str, str]) -> dict:
@@ -331,6 +383,7 @@ def write_scene(items: Sequence[Any], geometry: dict, grid: Grid, options: LoadO
         path=dst, names=names, grid=grid, nodata=nodata, scales=[sc for sc, _ in scaling],
         offsets=[off for _, off in scaling], items=list(items), date=solar_date(items[0]),
         cloud_percent=cloud_percent, nodata_percent=round(100.0 * (1 - counts["kept"] / pixels), 4),
+        dtype=str(dtype),
     )
 
 
