@@ -129,9 +129,101 @@ def build_assets(specs: list[SceneSpec], folder: Path) -> dict[str, dict]:
     return items
 
 
-def _write_cog(path: Path, data: np.ndarray, crs, transform) -> None:
+RECORDED = DATA / "stac"
+# Synthetic surface of the recorded items' windows, as stored reflectance x 10000 (before any offset):
+# the west half is forest, the east half water; SCL says vegetation / water, with a cloudy north-east
+# quarter. SAR is linear gamma0 (forest 0.08, water 0.005).
+SYNTH = {"coastal": (300, 300), "blue": (250, 600), "green": (500, 800), "red": (300, 200),
+         "rededge1": (900, 150), "rededge2": (2200, 120), "rededge3": (2800, 100), "nir": (3200, 100),
+         "nir08": (3300, 100), "nir09": (3300, 80), "swir16": (1300, 50), "swir22": (600, 30)}
+SAR = {"vv": (0.08, 0.005), "vh": (0.02, 0.001)}
+
+
+def recorded_features(name: str) -> list[dict]:
+    """Real recorded STAC items of ``tests/data/stac/<name>.json`` (see tests/data/README.md)."""
+    return json.loads((RECORDED / f"{name}.json").read_text())["features"]
+
+
+def recorded_collections(name: str) -> list[dict]:
+    return json.loads((RECORDED / f"{name}.json").read_text())["collections"]
+
+
+def item_crs(feature: dict) -> str:
+    props = feature["properties"]
+    return props.get("proj:code") or f"EPSG:{props['proj:epsg']}"
+
+
+def window_box(feature: dict, lon: float, lat: float, size_m: float = 1200.0) -> tuple[float, float, float, float]:
+    """A ``size_m`` square of the item's own grid around (lon, lat), edges on its 60 m pixels."""
+    from rasterio.warp import transform as warp
+
+    xs, ys = warp("EPSG:4326", item_crs(feature), [lon], [lat])
+    x0, y0 = np.floor(xs[0] / 60.0) * 60.0, np.floor(ys[0] / 60.0) * 60.0
+    return (x0, y0, x0 + size_m, y0 + size_m)
+
+
+def recorded_assets(features: list[dict], folder: Path, lon: float, lat: float, nodata: bool = False) -> dict:
+    """Real recorded items whose image assets tscope reads are replaced by synthetic COGs on each item's
+    real grid (CRS, pixel size and pixel phase), cropped to a 1.2 km window around (lon, lat); their
+    ``proj:shape``/``proj:transform`` describe that window. Everything else is the recorded metadata.
+    ``nodata``: every pixel of the window is nodata."""
+    from affine import Affine
+
+    from tscope.stac.load import item_bands
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for feature in features:
+        import pystac
+
+        feature = json.loads(json.dumps(feature))
+        item = pystac.Item.from_dict(feature, migrate=False)
+        minx, miny, maxx, maxy = window_box(feature, lon, lat)
+        for name, key in item_bands(item).items():
+            asset = feature["assets"][key]
+            raster = (asset.get("raster:bands") or [{}])[0]
+            res = float(raster.get("spatial_resolution") or (asset.get("proj:transform") or [10])[0] or 10)
+            if name == "scl":
+                res = 20.0
+            size = int(round((maxx - minx) / res))
+            transform = Affine(res, 0, minx, 0, -res, maxy)
+            west = np.arange(size)[None, :] < size // 2
+            north_east = (~west) & (np.arange(size)[:, None] < size // 2)
+            if name in SAR:
+                forest, water = SAR[name]
+                data = np.where(west, forest, water).astype(np.float32) + np.zeros((size, 1), np.float32)
+                fill = float(raster.get("nodata", -32768))
+            elif name == "scl":
+                data = np.where(west, 4, np.where(north_east, 9, 6)).astype(np.uint8) + np.zeros((size, 1), np.uint8)
+                fill = 0
+            else:
+                forest, water = SYNTH.get(name, (1000, 1000))
+                offset_dn = 1000 if feature["properties"].get("earthsearch:boa_offset_applied") is not True else 0
+                data = (np.where(west, forest, water) + offset_dn).astype(np.uint16) + np.zeros((size, 1), np.uint16)
+                fill = 0
+            if nodata:
+                data[:] = fill
+            file = f"{safe(feature['id'])}_{key}.tif"
+            _write_cog(folder / file, data, item_crs(feature), transform, nodata=fill)
+            asset["file"] = file
+            asset["proj:shape"] = [size, size]
+            asset["proj:transform"] = list(transform)[:6]
+        props = feature["properties"]
+        if "proj:shape" in props:  # item-level grid: the 10 m window
+            props["proj:shape"] = [int((maxy - miny) / 10), int((maxx - minx) / 10)]
+            props["proj:transform"] = [10.0, 0.0, minx, 0.0, -10.0, maxy]
+        feature.pop("links", None)
+        out[feature["id"]] = feature
+    return out
+
+
+def safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def _write_cog(path: Path, data: np.ndarray, crs, transform, nodata: float = 0) -> None:
     profile = dict(driver="COG", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype, crs=crs,
-                   transform=transform, nodata=0, compress="DEFLATE", blocksize=128)
+                   transform=transform, nodata=nodata, compress="DEFLATE", blocksize=128)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
 
@@ -147,11 +239,19 @@ class Faults:
 
 
 class StacServer:
-    """``with StacServer(folder) as server:`` -> ``server.url``; ``server.log`` records each request."""
+    """``with StacServer(folder) as server:`` -> ``server.url``; ``server.log`` records each request.
 
-    def __init__(self, folder: Path, specs: list[SceneSpec] | None = None, page_size: int = 1):
+    ``recorded``: serve real recorded items (see :func:`recorded_assets`) instead of the Slovenia
+    ones, with ``collections`` their real collection documents.
+    """
+
+    def __init__(self, folder: Path, specs: list[SceneSpec] | None = None, page_size: int = 1,
+                 recorded: dict[str, dict] | None = None, collections: list[dict] | None = None):
         self.folder = folder
-        self.items = build_assets(specs or default_scenes(), folder)
+        self.items = recorded if recorded is not None else build_assets(specs or default_scenes(), folder)
+        self.collections = {c["id"]: c for c in collections or []}
+        self.token_requests: list[str] = []
+        self.bodies: list[dict] = []  # the parameters of every search, as the server received them
         self.page_size = page_size
         self.faults = Faults()
         self.log: list[tuple[str, str, int]] = []
@@ -184,13 +284,16 @@ class StacServer:
 
     def item_json(self, iid: str) -> dict:
         item = json.loads(json.dumps(self.items[iid]))
+        coll = item["collection"]
         for asset in item["assets"].values():
+            if "file" not in asset:
+                continue  # a recorded asset tscope does not read keeps its real href
             file = asset.pop("file")
             asset["href"] = f"{self.url}/assets/{file}" if file else f"{self.url}/thumbnails/{iid}.jpg"
         item["links"] = [
-            {"rel": "self", "href": f"{self.url}/collections/{COLLECTION}/items/{iid}", "type": "application/geo+json"},
-            {"rel": "parent", "href": f"{self.url}/collections/{COLLECTION}", "type": "application/json"},
-            {"rel": "collection", "href": f"{self.url}/collections/{COLLECTION}", "type": "application/json"},
+            {"rel": "self", "href": f"{self.url}/collections/{coll}/items/{iid}", "type": "application/geo+json"},
+            {"rel": "parent", "href": f"{self.url}/collections/{coll}", "type": "application/json"},
+            {"rel": "collection", "href": f"{self.url}/collections/{coll}", "type": "application/json"},
             {"rel": "root", "href": f"{self.url}/", "type": "application/json"},
         ]
         return item
@@ -216,6 +319,8 @@ class StacServer:
         }
 
     def search(self, params: dict) -> dict:
+        with self._lock:
+            self.bodies.append(json.loads(json.dumps(params)))
         matched = [] if self.faults.empty else [iid for iid in sorted(self.items) if self._matches(iid, params)]
         start = int(params.get("token") or 0)
         limit = min(int(params.get("limit") or self.page_size), self.page_size)
@@ -308,13 +413,20 @@ def _handler(server: StacServer) -> type[BaseHTTPRequestHandler]:
                 return self._json(server.landing())
             if url.path == "/conformance":
                 return self._json({"conformsTo": server.landing()["conformsTo"]})
+            documents = server.collections or {COLLECTION: self._collection()}
             if url.path == "/collections":
-                return self._json({"collections": [self._collection()], "links": []})
-            if url.path == f"/collections/{COLLECTION}":
-                return self._json(self._collection())
-            match = re.fullmatch(rf"/collections/{COLLECTION}/items/([^/]+)", url.path)
+                return self._json({"collections": list(documents.values()), "links": []})
+            if url.path.startswith("/collections/") and url.path.count("/") == 2:
+                cid = url.path.split("/")[2]
+                if cid in documents:
+                    return self._json(documents[cid])
+                return self._send(404, b'{"code": "NotFoundError"}')
+            match = re.fullmatch(r"/collections/[^/]+/items/([^/]+)", url.path)
             if match and match.group(1) in server.items:
                 return self._json(server.item_json(match.group(1)))
+            if url.path.startswith("/api/sas/v1/token/"):
+                server.token_requests.append(url.path.rsplit("/", 1)[-1])
+                return self._json({"msft:expiry": "2099-01-01T00:00:00Z", "token": "st=2099&sig=loopback"})
             if url.path == "/search":
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 params: dict = {k: query[k] for k in ("datetime", "token", "limit") if k in query}

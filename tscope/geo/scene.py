@@ -316,6 +316,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
 def _band_scales(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOptions) -> dict:
     """(scale, offset) per band turning stored values into reflectance."""
     scales = {}
+    declared: list[str] = []
     preset = band_map.preset
     for name, index in band_map.indexes.items():
         dtype = np.dtype(src.dtypes[index - 1])
@@ -331,9 +332,17 @@ def _band_scales(src: rasterio.DatasetReader, band_map: BandMap, options: ReadOp
         else:
             scale, offset = 1e-4, 0.0
         if options.l2a_offset and dtype.kind in "ui":
-            baseline = preset.baseline_offset_dn if preset and preset.baseline_offset_dn else 1000
-            offset -= baseline * scale
+            if file_offset != 0.0:
+                # The file already says how to reach reflectance (fetch writes -0.1 where it is due);
+                # subtracting the baseline offset again would shift every band by another -0.1.
+                declared.append(f"{name} {file_offset:g}")
+            else:
+                baseline = preset.baseline_offset_dn if preset and preset.baseline_offset_dn else 1000
+                offset -= baseline * scale
         scales[name] = (float(scale), float(offset))
+    if declared:
+        log.warning("%s declares its band offsets (%s): --l2a-offset is not applied again", src.name,
+                    ", ".join(declared))
     return scales
 
 
