@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -55,6 +56,9 @@ def command(
     rules: Path = typer.Option(None, "--rules", help="spectral: a rules TOML replacing models/spectral.toml."),
     cloud_mask: bool = typer.Option(True, "--cloud-mask/--no-cloud-mask",
                                     help="spectral: leave cloudy pixels out of the measures."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Remote inputs: seconds to wait for each HTTP answer."),
+    retries: int = typer.Option(4, "--retries", help="Remote inputs: retries on connection errors, 429 and 5xx."),
+    backoff: float = typer.Option(1.0, "--backoff", help="Remote inputs: first retry delay (s), doubled each time."),
     quiet: bool = QuietOption,
     verbose: int = VerboseOption,
 ) -> None:
@@ -72,8 +76,12 @@ def command(
     if len(args) > 3:
         raise InputError("give at most two scenes (before, after) and one question; quote the question")
     *scenes, question = args
+    from tscope.geo.remote import is_remote, looks_like_item
+    from tscope.stac.http import NetworkPolicy, gdal_env
+
+    policy = NetworkPolicy(timeout=timeout, connect_timeout=min(timeout, 10.0), retries=retries, backoff=backoff)
     read_options = ReadOptions(bands=bands, sensor=sensor, l2a_offset=l2a_offset, sar_format=sar_format.value,
-                               nodata=nodata, assume_crs=assume_crs, gsd=gsd)
+                               nodata=nodata, assume_crs=assume_crs, gsd=gsd, network=policy)
     if backend is not Backend.terrascope:
         # Accepting them silently would let a user believe a quantised VLM answered.
         given = [name for name, value, default in (("--model", model, None), ("--quant", quant.value, "none"),
@@ -82,6 +90,7 @@ def command(
         if given:
             raise InputError(f"{', '.join(given)} apply to --backend terrascope only"
                              f" (this is --backend {backend.value})")
+    remote = any(is_remote(s) or looks_like_item(s) for s in scenes)
     if backend is Backend.terrascope:
         if model is None:
             raise InputError("--backend terrascope needs --model DIR (a TerraScope checkpoint folder)")
@@ -89,7 +98,8 @@ def command(
                        tile_answers=tile_answers, batch_tiles=batch_tiles)
     else:
         options = dict(rules=str(rules) if rules else None, mask_clouds=cloud_mask)
-    with progress_bar("reasoning", quiet=quiet) as progress:
+    # Remote reads (GDAL's /vsicurl/, /vsis3/) get fetch's timeouts and retries.
+    with gdal_env(policy) if remote else contextlib.nullcontext(), progress_bar("reasoning", quiet=quiet) as progress:
         trace = ask(scenes, question, backend=backend.value, backend_options=options, read_options=read_options,
                     out=out, overwrite=overwrite, progress=progress)
     if as_json:

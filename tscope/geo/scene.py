@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyproj
@@ -26,9 +28,10 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from tscope.errors import InputError
+from tscope.errors import InputError, RuntimeFailure
 from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
 from tscope.geo.grid import Grid, PixelGrid
+from tscope.geo.remote import Source, resolve
 from tscope.limits import check_pixels
 
 log = logging.getLogger("tscope")
@@ -47,13 +50,14 @@ class ReadOptions:
     nodata: float | None = None
     assume_crs: str | None = None
     gsd: float | None = None
+    network: Any = None  # tscope.stac.http.NetworkPolicy for STAC item URLs (GDAL's options are set by the caller)
 
 
 @dataclass
 class Scene:
     """A raster file seen through an analysis grid. ``frame`` is ``t1`` or ``t2`` for pairs."""
 
-    path: Path
+    path: Path | Source
     grid: Grid
     native: Grid
     band_map: BandMap
@@ -74,7 +78,7 @@ class Scene:
 
     def describe(self) -> dict:
         return {
-            "path": str(self.path),
+            "path": getattr(self.path, "display", str(self.path)),
             "frame": self.frame,
             "crs": self.grid.crs.to_string() if self.grid.crs is not None else None,
             **({"gsd_m": self.grid.gsd} if isinstance(self.grid, PixelGrid) else {}),
@@ -261,13 +265,19 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
             raise InputError(f"--assume-crs {options.assume_crs!r} is not a CRS") from None
     if options.gsd is not None and not options.gsd > 0:
         raise InputError(f"--gsd must be a positive number of metres per pixel, not {options.gsd}")
-    path = Path(path)
+    path = resolve(path, options.network)
+    label = path.display if isinstance(path, Source) else path
     if not path.exists():
         raise InputError(f"{path}: no such file")
     opened = contextlib.ExitStack()
     try:
         src = opened.enter_context(_open(path))
-    except RasterioIOError:
+    except RasterioIOError as exc:
+        if isinstance(path, Source):
+            # A missing remote file is the user's error; anything else on the network is a runtime failure.
+            why = " ".join(str(exc).split())[:200]
+            error = InputError if re.search(r"\b(404|403|does not exist|No such file)\b", why) else RuntimeFailure
+            raise error(f"{path.display}: cannot be opened ({why})") from None
         raise InputError(f"{path}: not a raster rasterio can open") from None
     with opened:
         plain = _is_plain(src) and assumed is None
@@ -276,15 +286,15 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
                 raise InputError(f"--gsd is for plain images without georeferencing; {path.name} is georeferenced")
             if src.crs is None:
                 if assumed is None:
-                    raise InputError(f"{path}: no CRS; pass --assume-crs EPSG:XXXX if you know it")
+                    raise InputError(f"{label}: no CRS; pass --assume-crs EPSG:XXXX if you know it")
                 crs = assumed
             else:
                 if assumed is not None and assumed != src.crs:
                     log.warning("%s has a CRS (%s): --assume-crs is ignored", path.name, src.crs)
                 crs = src.crs
             if src.transform.is_identity and not src.gcps[0]:
-                raise InputError(f"{path}: no georeferencing (identity transform)")
-        check_pixels(src.width, src.height, str(path))
+                raise InputError(f"{label}: no georeferencing (identity transform)")
+        check_pixels(src.width, src.height, str(label))
         band_map = identify_bands(src, options.bands, options.sensor)
         kind = "sar" if band_map.indexes and set(band_map.indexes) <= SAR_NAMES | {"scl"} else "optical"
         nodata = options.nodata if options.nodata is not None else src.nodata
