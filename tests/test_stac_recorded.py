@@ -257,6 +257,10 @@ def test_token_endpoint_failures_follow_the_policy(planetary, tmp_path, monkeypa
 
 
 def test_antimeridian_bbox_and_short_datetimes(tmp_path):
+    from shapely.geometry import shape
+
+    projected = shape(bbox_geometry((500000, 5000000, 501000, 5001000), "EPSG:32633"))  # --bbox-crs works
+    assert projected.bounds == pytest.approx((14.99, 45.14, 15.02, 45.16), abs=0.02)
     geometry = bbox_geometry((179.9, -17.0, -179.9, -16.9))
     assert geometry["type"] == "MultiPolygon"
     from tscope.stac.load import aoi_grid

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tscope.errors import InputError
+from tscope.geo.remote import record_path
 from tscope.geo.scene import ReadOptions, open_scenes
 from tscope.reason.backend import Backend, Progress, get_backend
 from tscope.reason.query import NotMeasurable, free_query, parse_query
@@ -28,6 +29,7 @@ def ask(
     overwrite: bool = False,
     write: bool = True,
     progress: Progress | None = None,
+    root: str | Path | None = None,
 ) -> Trace:
     """Answer ``question`` over one scene (or a before/after pair) and write the outputs.
 
@@ -36,6 +38,9 @@ def ask(
     written. Everything that can be checked before the work (scenes, question, backend, ``out``) is
     checked first, so bad input fails fast and leaves nothing behind. ``backend``: a name (built with
     ``backend_options``) or a backend already built (``tscope batch`` reuses one model per worker).
+    Input paths are recorded relative to the output folder when they lie inside ``root`` (default:
+    the output folder itself; ``batch`` passes its own folder), absolute otherwise, so an output
+    folder can be moved whole.
     """
     name = backend if isinstance(backend, str) else backend.name
     opened = open_scenes(scenes, read_options)
@@ -56,6 +61,8 @@ def ask(
         out_dir = prepare_out_dir(Path(out) if out else default_out_dir(scenes[0], question), overwrite)
     trace = engine.reason(opened, query, progress=progress)
     if out_dir is not None:
+        for record, given in zip(trace.scenes, scenes, strict=True):
+            record["path"] = record_path(given, out_dir, Path(root) if root else None)
         write_outputs(trace, opened, out_dir)
         trace.outputs["dir"] = str(out_dir)
     return trace

@@ -46,7 +46,7 @@ def default_out_dir(scene_path: str | Path, question: str) -> Path:
     return Path(f"{Path(scene_path).stem}_{slug}")
 
 
-FIXED_OUTPUTS = ("answer.json", "answer.md", "masks.geojson", "quicklook.png", "quicklook_t1.png",
+FIXED_OUTPUTS = ("answer.json", "item.json", "answer.md", "masks.geojson", "quicklook.png", "quicklook_t1.png",
                  "quicklook_t2.png")
 # Written before any output and removed after answer.json: what a killed run may have left behind.
 PENDING = ".tscope-pending.json"
@@ -83,7 +83,7 @@ def owned_outputs(out: Path) -> set[str]:
     try:
         answer = json.loads((out / "answer.json").read_text(encoding="utf-8"))
         outputs = answer.get("outputs", {})
-        names = [v for k, v in outputs.items() if k in ("geojson", "report", "json")]
+        names = [v for k, v in outputs.items() if k in ("geojson", "report", "json", "stac_item")]
         names += str(outputs.get("quicklook", "")).split(",")
         names += [m.get("file") for m in answer.get("masks", {}).values()]
         owned |= {n for n in names if _inside(out, n)}
@@ -373,5 +373,10 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
     trace.outputs["quicklook"] = ",".join(quicklooks)
     trace.outputs["report"] = "answer.md"
     trace.outputs["json"] = "answer.json"
+    trace.outputs["stac_item"] = "item.json"
     writers.write_text(made.add(out / "answer.md"), _markdown(trace, quicklooks, legend))
+    from tscope.stac.records import answer_item
+
+    item = answer_item(trace, scenes, out, [s["path"] for s in trace.scenes])
+    writers.write_json(made.add(out / "item.json"), item.to_dict(include_self_link=False, transform_hrefs=False))
     writers.write_json(made.add(out / "answer.json"), trace.to_dict())

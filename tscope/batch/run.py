@@ -264,12 +264,13 @@ def _build(aoi_id: str, geometry: dict, config: BatchConfig, final: Path) -> dic
                         "items": scene["items"], "aoi_cloud_percent": scene["aoi_cloud_percent"],
                         "aoi_nodata_percent": scene["aoi_nodata_percent"]})
     if len(scenes) == 2:
-        stacked = stack_scenes(scenes, final / "stack")
+        stacked = stack_scenes(scenes, final / "stack", root=final.parent)
         scenes = list(stacked.files)
     answers = {}
     for index, question in enumerate(config.questions):
         slug = question_slug(index, question)
-        trace = ask(scenes, question, backend=worker_backend(config), out=final / "answers" / slug, overwrite=True)
+        trace = ask(scenes, question, backend=worker_backend(config), out=final / "answers" / slug, overwrite=True,
+                    root=final.parent)
         answers[slug] = {"question": question, "answer": trace.answer,
                          "numbers": {k: v.value for k, v in trace.numbers.items()}}
     return {"status": "done", "aoi": aoi_id, "geometry": geometry, "scenes": fetched,

@@ -11,6 +11,7 @@ Sentinel-2 processing-baseline rule of ``fetch``; only the windows a question ne
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,18 @@ def item_vrt(item: Any, display: str) -> Source:
             + "</ComplexSource></VRTRasterBand>")
     parts.append("</VRTDataset>")
     return Source("".join(parts), display=display)
+
+
+def record_path(path: str | Path, base: Path, root: Path | None = None) -> str:
+    """How an output folder records ``path``: relative to ``base`` (the folder the record is in) when
+    ``path`` lies inside ``root`` (default ``base``), so the folder can be moved or shared; absolute
+    when it lies outside; URLs, ``/vsi`` paths and STAC item URLs as given."""
+    text = getattr(path, "display", str(path))
+    if is_remote(text):
+        return text
+    target = os.path.abspath(text)
+    base_abs = os.path.abspath(base)
+    root_abs = os.path.abspath(root if root is not None else base)
+    if os.path.commonpath([target, root_abs]) == root_abs:
+        return Path(os.path.relpath(target, base_abs)).as_posix()
+    return target

@@ -36,6 +36,7 @@ from tscope import __version__
 from tscope.errors import InputError
 from tscope.geo.bands import SAR_NAMES
 from tscope.geo.grid import Grid
+from tscope.geo.remote import record_path
 from tscope.geo.scene import CATEGORICAL_BANDS as CATEGORICAL
 from tscope.geo.scene import ReadOptions, Scene, analysis_grid, open_scene
 from tscope.geo.writers import atomic_path, rollback_on_failure, sweep_partials, write_json
@@ -279,9 +280,11 @@ def choose_mode(scenes: Sequence[Scene], mode: str) -> str:
 
 
 def stack_scenes(paths: Sequence[str | Path], out: str | Path, options: StackOptions | None = None,
-                 read_options: ReadOptions | None = None, overwrite: bool = False) -> StackResult:
+                 read_options: ReadOptions | None = None, overwrite: bool = False,
+                 root: str | Path | None = None) -> StackResult:
     """Align two scenes onto one grid and write ``OUT/stack.tif`` (optical+SAR) or ``OUT/t1.tif`` +
-    ``OUT/t2.tif`` (a pair), plus ``OUT/stack.json`` recording inputs, grid and resampling."""
+    ``OUT/t2.tif`` (a pair), plus ``OUT/stack.json`` recording inputs, grid and resampling. Inputs
+    inside ``root`` (default ``OUT``) are recorded relative to ``OUT``, others absolute."""
     options = options or StackOptions()
     if len(paths) != 2:
         raise InputError("give two scenes: optical and SAR, or before and after")
@@ -297,14 +300,14 @@ def stack_scenes(paths: Sequence[str | Path], out: str | Path, options: StackOpt
     if not overwrite and any((out / n).exists() for n in names + ["stack.json"]):
         raise InputError(f"{out} already holds a stack; pass --overwrite to replace it")
     grid = target_grid(scenes, options)
-    inputs = [str(s.path) for s in scenes]
+    inputs = [record_path(s.path, out, Path(root) if root else None) for s in scenes]
     files, bands = [], {}
     sweep_partials(out)
     # A failure (a truncated second scene, Ctrl-C) removes what this run wrote and the folders it made.
     with rollback_on_failure() as made:
         made.mkdir(out)
         if mode == "stack":
-            tags = {"TSCOPE_STACK": "optical+sar", "SOURCES": ";".join(Path(p).name for p in inputs)}
+            tags = {"TSCOPE_STACK": "optical+sar", "SOURCES": ";".join(s.path.name for s in scenes)}
             bands["stack.tif"] = _write_scenes(scenes, made.add(out / "stack.tif"), grid, options, tags)
             files.append(out / "stack.tif")
         else:

@@ -54,7 +54,9 @@ def _footprint(grid: Any) -> dict:
     from rasterio.warp import transform_geom
     from shapely.geometry import box, mapping
 
-    return dict(transform_geom(grid.crs, "EPSG:4326", mapping(box(*grid.bounds)), densify_pts=21))
+    outline = box(*grid.bounds)
+    outline = outline.segmentize(max(outline.bounds[2] - outline.bounds[0], outline.bounds[3] - outline.bounds[1]) / 20)
+    return dict(transform_geom(grid.crs, "EPSG:4326", mapping(outline)))
 
 
 def _bbox(geometry: dict) -> list[float]:
@@ -113,19 +115,15 @@ def answer_item(trace: Any, scenes: Sequence[Any], out: Path, inputs: Sequence[s
 
     grid = scenes[0].grid
     geometry = _footprint(grid)
-    created = datetime.now(UTC).replace(microsecond=0)
     acquired = [_acquisition(s) for s in scenes]
-    props: dict[str, Any] = {"created": created.isoformat(), "tscope:question": trace.question,
-                             "tscope:answer": trace.answer, "tscope:task": trace.query.task,
-                             "tscope:backend": trace.backend, "tscope:version": __version__,
+    props: dict[str, Any] = {"tscope:question": trace.question, "tscope:answer": trace.answer,
+                             "tscope:task": trace.query.task, "tscope:backend": trace.backend,
+                             "tscope:version": __version__,
                              "tscope:numbers": {k: {"value": v.value, "unit": v.unit}
                                                 for k, v in trace.numbers.items()}}
-    known = [a for a in acquired if a is not None]
-    if len(known) == len(acquired) and len(known) > 1:
-        props |= {"start_datetime": min(known).isoformat(), "end_datetime": max(known).isoformat()}
-    when = known[0] if len(known) == 1 and len(acquired) == 1 else None
-    if when is None and "start_datetime" not in props:
-        when = created  # no acquisition date in the scene: the item dates the answer itself
+    if len(acquired) > 1:
+        props |= {"start_datetime": min(acquired).isoformat(), "end_datetime": max(acquired).isoformat()}
+    when = acquired[0] if len(acquired) == 1 else None
     item = pystac.Item(id=out.name or "answer", geometry=geometry, bbox=_bbox(geometry), datetime=when,
                        properties=props)
     _projection(item, grid)
@@ -156,19 +154,25 @@ def answer_item(trace: Any, scenes: Sequence[Any], out: Path, inputs: Sequence[s
     return item
 
 
-def _acquisition(scene: Any) -> datetime | None:
-    """The acquisition date fetch records in its COGs (``ACQUISITION`` tag), if the scene has one."""
+def _acquisition(scene: Any) -> datetime:
+    """When the scene was taken: fetch's ``ACQUISITION`` tag, else the TIFF ``DATETIME`` tag, else the
+    file's modification time (a STAC Item must carry a date; these are stable across reruns, so batch
+    outputs stay byte-identical), else, for a remote scene without either tag, the Unix epoch."""
     import rasterio
 
     try:
         with rasterio.open(scene.path) as src:
-            text = src.tags().get("ACQUISITION")
+            tags = src.tags()
     except Exception:  # noqa: BLE001 - a record is best effort about dates, never about pixels
-        return None
-    try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
-    except ValueError:
-        return None
+        tags = {}
+    for key, fmt in (("ACQUISITION", "%Y-%m-%d"), ("TIFFTAG_DATETIME", "%Y:%m:%d %H:%M:%S")):
+        try:
+            return datetime.strptime(tags[key], fmt).replace(tzinfo=UTC)
+        except (KeyError, ValueError):
+            continue
+    path = Path(str(scene.path))
+    stamp = path.stat().st_mtime if path.is_file() else 0.0
+    return datetime.fromtimestamp(int(stamp), UTC)
 
 
 def item_collection(items: Sequence[Any]) -> dict:

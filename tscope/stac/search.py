@@ -105,10 +105,13 @@ def bbox_geometry(bbox: tuple[float, float, float, float], bbox_crs: str = "EPSG
                          " (MINX > MAXX only in longitude, across the antimeridian)")
     if minx > maxx:
         return dict(mapping(MultiPolygon([box(minx, miny, 180.0, maxy), box(-180.0, miny, maxx, maxy)])))
-    geom = mapping(box(minx, miny, maxx, maxy))
+    outline = box(minx, miny, maxx, maxy)
+    geom = mapping(outline)
     if not geographic:
+        # Densified first: a projected box's edges are curves in longitude/latitude.
+        geom = mapping(outline.segmentize(max(maxx - minx, maxy - miny) / 20))
         try:
-            geom = transform_geom(bbox_crs, "EPSG:4326", geom, densify_pts=21)
+            geom = transform_geom(bbox_crs, "EPSG:4326", geom)
         except Exception:  # noqa: BLE001 - rasterio raises several types for a bad CRS
             raise InputError(f"--bbox-crs {bbox_crs!r} is not a CRS") from None
     return dict(geom)
