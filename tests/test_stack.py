@@ -108,7 +108,7 @@ def test_errors_are_one_line(tmp_path, slovenia, sar, joplin_pair):
     with pytest.raises(InputError, match="--mode pair"):
         stack_scenes(joplin_pair, tmp_path / "b", StackOptions(mode="stack"))
     result = run_cli("stack", *joplin_pair, "--out", tmp_path / "c", "--resampling", "sideways")
-    assert result.returncode == 2 and result.stderr.startswith("tscope: error: --resampling")
+    assert result.returncode == 2 and result.stderr.startswith("tscope: error: Invalid value for '--resampling'")
 
 
 def test_cli_stack_then_ask_reads_it(tmp_path, joplin_pair):
