@@ -110,7 +110,7 @@ def _write_scenes(groups: list[list[Any]], names: list[str], request: FetchReque
     for done, (group, name) in enumerate(zip(groups, names, strict=True)):
         log.info("loading %s (%d item(s))", name, len(group))
         tags = {"ACQUISITION": solar_date(group[0]), "STAC_ITEMS": ",".join(i.id for i in group),
-                "COLLECTION": query["search"]["collection"], "CATALOG": catalog.url,
+                "COLLECTION": group[0].collection_id or query["search"]["collection"], "CATALOG": catalog.url,
                 "SOFTWARE": f"tscope {__version__}"}
         scene = write_scene(group, request.search.geometry, grid, request.load, gdal_options,
                             made.add(out / f"{name}.tif"), tags)
