@@ -130,6 +130,9 @@ def test_list_json_is_an_item_collection(earth_search):
     (item,) = collection.items
     assert item.id == "S2B_24MUV_20250731_0_L2A" and item.properties["earthsearch:boa_offset_applied"] is True
     assert result.stderr == ""
+    text = run_cli("fetch", "--list", "--bbox", *bbox, "--datetime", "2025-07-31", "-c", "sentinel-2-l2a",
+                   "--catalog", earth_search.url)
+    assert text.stdout.split() == ["2025-07-31T13:03:27.058000+00:00", "56.8%", "S2B_24MUV_20250731_0_L2A"]
 
 
 def test_offset_applied_items_get_no_offset(earth_search, tmp_path):
