@@ -170,8 +170,8 @@ def _acquisition(scene: Any) -> datetime:
             return datetime.strptime(tags[key], fmt).replace(tzinfo=UTC)
         except (KeyError, ValueError):
             continue
-    path = Path(str(scene.path))
-    stamp = path.stat().st_mtime if path.is_file() else 0.0
+    local = isinstance(scene.path, Path) and scene.path.is_file()  # not a URL, /vsi path or VRT XML
+    stamp = scene.path.stat().st_mtime if local else 0.0
     return datetime.fromtimestamp(int(stamp), UTC)
 
 
