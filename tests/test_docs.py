@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 GROUPS = ("model", "data", "bench", "train")  # tscope commands with sub-commands
-PROGRAMS = ("tscope", "python", "python3", "accelerate", "torchrun", ".venv/bin/")
+PROGRAMS = ("tscope", "python", "python3", "accelerate", "torchrun")
 # Examples that cannot run here, and why. Each must still match an example (checked below).
 NOT_HERE = [
     (r"pip install", "installs packages from the internet"),
@@ -32,6 +32,7 @@ NOT_HERE = [
     (r"^tscope model info /models/", "needs the released TerraScope checkpoint (a download)"),
     (r"--backend terrascope", "needs the TerraScope model weights (a download) and, at full size, a GPU"),
     (r"^accelerate launch", "multi-GPU training"),
+    (r"^(CUDA_VISIBLE_DEVICES=\S+ )?dask (scheduler|worker)\b", "starts a Dask cluster on GPU machines"),
     (r"^python benchmarks/model_latency\.py$", "the real-size model benchmark needs a GPU"),
     (r"^python benchmarks/(scene_scale|fetch_memory|train_mask_loss)\.py\b",
      "a benchmark (full-size scenes or training runs: minutes and GiBs); its numbers are quoted with the command"),
@@ -55,7 +56,8 @@ def _is_command(text: str) -> bool:
     """A whole command line: ``tscope`` with a command and an argument, or another program with an
     argument ("tscope ask" or "tscope data synth / res" only name a command)."""
     words = text.split()
-    if not text.startswith(PROGRAMS) or PLACEHOLDER.search(text) or " / " in text:
+    if not words or not (words[0] in PROGRAMS or words[0].startswith(".venv/bin/")) or PLACEHOLDER.search(text) \
+            or " / " in text:
         return False
     if words[0] != "tscope":
         return len(words) >= 2
@@ -71,7 +73,8 @@ def examples(document: str) -> list[Example]:
         first = text[: fence.start(2)].count("\n") + 1
         if lang not in ("bash", "sh", "shell", "console"):
             continue
-        for i, line in enumerate(body.splitlines()):
+        lines = body.replace("\\\n", " ").splitlines()  # a continued line is one command
+        for i, line in enumerate(lines):
             if lang == "console":
                 if line.startswith("$ "):
                     found.append(Example(document, first + i, line[2:].strip(), []))
