@@ -34,6 +34,7 @@ NOT_HERE = [
     (r"^accelerate launch", "multi-GPU training"),
     (r"^(CUDA_VISIBLE_DEVICES=\S+ )?dask (scheduler|worker)\b", "starts a Dask cluster on GPU machines"),
     (r"^python benchmarks/model_latency\.py$", "the real-size model benchmark needs a GPU"),
+    (r"^python benchmarks/cloud_models\.py\b", "needs the clouds extra's trained U-Nets (a ~150 MB download)"),
     (r"^python benchmarks/(scene_scale|fetch_memory|train_mask_loss)\.py\b",
      "a benchmark (full-size scenes or training runs: minutes and GiBs); its numbers are quoted with the command"),
 ]
