@@ -42,6 +42,8 @@ NOT_HERE = [
 STAND_INS = {
     r"^tscope model convert /models/TerraScope checkpoints/terrascope-init$": "tiny-model",
 }
+# Examples that name a file the prose says how to make: the test makes it, then runs the example as written.
+PREPARE = {r"^tscope ask joplin\.png ": "joplin-png"}
 PLACEHOLDER = re.compile(r"\[|\||\.\.\.|…|(?<![\w/.-])[A-Z][A-Z0-9_]{1,}(?:\.\w+)?(?![\w:-])")
 
 
@@ -130,6 +132,14 @@ def _scratch(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def _stand_in(kind: str, work: Path) -> None:
+    if kind == "joplin-png":  # "examples/joplin_pre.tif saved as a PNG"
+        import rasterio
+
+        with rasterio.open(ROOT / "examples" / "joplin_pre.tif") as src:
+            rgb = src.read([1, 2, 3])
+        with rasterio.open(work / "joplin.png", "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1],
+                           count=3, dtype=rgb.dtype) as dst:
+            dst.write(rgb)
     if kind == "tiny-model":
         sys.path.insert(0, str(ROOT / "tests"))
         from tiny_terrascope import write_native
@@ -149,6 +159,9 @@ def test_document_examples_run_as_written(document, tmp_path):
         if stand_in:
             _stand_in(stand_in, work)
             continue
+        prepare = next((kind for pattern, kind in PREPARE.items() if re.search(pattern, example.command)), None)
+        if prepare:
+            _stand_in(prepare, work)
         result = subprocess.run(["bash", "-c", example.command], cwd=work, env=env, capture_output=True, text=True,
                                 timeout=600)
         where = f"{example.document}:{example.line}: {example.command}"

@@ -46,7 +46,7 @@ def ask(
     opened = open_scenes(scenes, read_options)
     for scene in opened:
         log.info("%s %s: %d x %d px on %s, bands %s", scene.frame, scene.path, scene.grid.width, scene.grid.height,
-                 scene.grid.crs.to_string(), ", ".join(scene.bands))
+                 scene.grid.crs.to_string() if scene.grid.crs else "no CRS", ", ".join(scene.bands))
     try:
         query = parse_query(question, n_scenes=len(opened))
     except NotMeasurable as exc:

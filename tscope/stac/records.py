@@ -114,7 +114,8 @@ def answer_item(trace: Any, scenes: Sequence[Any], out: Path, inputs: Sequence[s
     from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
     grid = scenes[0].grid
-    geometry = _footprint(grid)
+    # A plain image (no CRS) is an Item without geometry, as STAC allows.
+    geometry = _footprint(grid) if grid.crs is not None else None
     acquired = [_acquisition(s) for s in scenes]
     props: dict[str, Any] = {"tscope:question": trace.question, "tscope:answer": trace.answer,
                              "tscope:task": trace.query.task, "tscope:backend": trace.backend,
@@ -124,9 +125,10 @@ def answer_item(trace: Any, scenes: Sequence[Any], out: Path, inputs: Sequence[s
     if len(acquired) > 1:
         props |= {"start_datetime": min(acquired).isoformat(), "end_datetime": max(acquired).isoformat()}
     when = acquired[0] if len(acquired) == 1 else None
-    item = pystac.Item(id=out.name or "answer", geometry=geometry, bbox=_bbox(geometry), datetime=when,
-                       properties=props)
-    _projection(item, grid)
+    item = pystac.Item(id=out.name or "answer", geometry=geometry, bbox=_bbox(geometry) if geometry else None,
+                       datetime=when, properties=props)
+    if grid.crs is not None:
+        _projection(item, grid)
     item.add_asset("answer", pystac.Asset("./answer.json", media_type="application/json", roles=["metadata"],
                                           title="The Trace: question, steps, numbers"))
     item.add_asset("report", pystac.Asset("./answer.md", media_type="text/markdown", roles=["metadata"],
