@@ -228,7 +228,7 @@ CASES = [
     Case("bench-eval-huge-rle", ["bench", "eval", "{in}/huge_rle.parquet", "--out", "e"], says="TSCOPE_MAX_PIXELS"),
     Case("bench-eval-huge-grid", ["bench", "eval", "{in}/huge_grid.parquet", "--out", "e"],
          says="TSCOPE_MAX_PIXELS"),
-    Case("bench-eval-quant-spectral", ["bench", "eval", "{in}/bad_rle.parquet", "--quant", "3bit", "--out", "e"],
+    Case("bench-eval-quant-spectral", ["bench", "eval", "{in}/bad_rle.parquet", "--quant", "8bit", "--out", "e"],
          says="terrascope only"),
     Case("bench-eval-not-parquet", ["bench", "eval", "{in}/text.tif", "--out", "e"], says="parquet"),
     Case("bench-build-huge", ["bench", "build", "{in}/huge.tif", "--labels", str(LULC), "--out", "b.parquet"],
