@@ -63,7 +63,7 @@ def test_a_likely_missing_l2a_offset_is_warned_and_reported(tmp_path, slovenia):
     with rasterio.open(path, "w", **(profile | {"driver": "GTiff"})) as dst:
         dst.write(data + np.uint16(1000))
         dst.descriptions = descriptions
-    result = run_cli("ask", path, "What percentage is forest?", "--out", tmp_path / "o", "--json", "-q")
+    result = run_cli("ask", path, "What percentage is forest?", "--out", tmp_path / "o", "--json")
     assert result.returncode == 0, result.stderr
     assert "pass --l2a-offset" in result.stderr
     assert any("pass --l2a-offset" in note for note in json.loads(result.stdout)["notes"])

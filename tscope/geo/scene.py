@@ -68,6 +68,7 @@ class Scene:
     frame: str = "t1"
     options: ReadOptions = field(default_factory=ReadOptions)
     per_dataset_mask: bool = False
+    tags: dict[str, str] = field(default_factory=dict)  # the file's dataset tags, read once at open
 
     @property
     def bands(self) -> list[str]:
@@ -308,6 +309,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
                              gsd=options.gsd)
         else:
             grid = _grid_of(src, crs)
+        tags = dict(src.tags())
     return Scene(
         path=path,
         grid=grid,
@@ -320,6 +322,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         frame=frame,
         options=options,
         per_dataset_mask=per_dataset_mask,
+        tags=tags,
     )
 
 

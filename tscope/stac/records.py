@@ -160,13 +160,7 @@ def _acquisition(scene: Any) -> datetime:
     """When the scene was taken: fetch's ``ACQUISITION`` tag, else the TIFF ``DATETIME`` tag, else the
     file's modification time (a STAC Item must carry a date; these are stable across reruns, so batch
     outputs stay byte-identical), else, for a remote scene without either tag, the Unix epoch."""
-    import rasterio
-
-    try:
-        with rasterio.open(scene.path) as src:
-            tags = src.tags()
-    except Exception:  # noqa: BLE001 - a record is best effort about dates, never about pixels
-        tags = {}
+    tags = scene.tags  # read when the scene was opened: writing the record opens nothing
     for key, fmt in (("ACQUISITION", "%Y-%m-%d"), ("TIFFTAG_DATETIME", "%Y:%m:%d %H:%M:%S")):
         try:
             return datetime.strptime(tags[key], fmt).replace(tzinfo=UTC)
