@@ -90,7 +90,8 @@ def test_ask_killed_while_writing_then_rerun_succeeds_clean(big_scene, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (out / "answer.json").exists()
-    assert [p for p in _iter(out) if ".partial" in p.name]  # what a SIGKILL leaves: no handler runs
+    # A SIGKILL runs no handler: usually a .partial file is left (the writer may just have renamed it;
+    # the sweep of a left partial is pinned by test_safety.py::test_stale_partials_of_a_killed_run_are_swept).
     rerun = _start("ask", str(big_scene), Q, "--out", str(out), cwd=tmp_path)
     stdout, stderr = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, stderr
