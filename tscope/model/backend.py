@@ -25,7 +25,7 @@ from tscope.errors import InputError
 from tscope.geo.mask import Mask
 from tscope.geo.preview import Preview
 from tscope.geo.scene import Scene
-from tscope.model.prompt import answer_of, extract_letter
+from tscope.model.prompt import answer_of, extract_letter, strip_special
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query, _class_pattern
 from tscope.reason.solve import solve
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from tscope.model.batched import BatchDecoder, Request
     from tscope.model.interleave import Generation
 
-_SPECIAL = re.compile(r"<\|[^|]*\|>|<IMG_CONTEXT>|<REGION>")
 
 
 @dataclass
@@ -70,7 +69,7 @@ def class_before(text: str) -> str | None:
 
 
 def _clean(text: str) -> str:
-    return " ".join(_SPECIAL.sub("", text).replace("<think>", " ").replace("</think>", " ").split())
+    return " ".join(strip_special(text).replace("<think>", " ").replace("</think>", " ").split())
 
 
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -139,7 +138,7 @@ class TerraScopeBackend:
             text = user_text(text, self.model.config.system_prompt)
         gen = generate(self.model, self.tokenizer, images, text, max_new_tokens=max_new_tokens or self.max_new_tokens,
                        sar=sar)
-        return ModelOutput(text=_SPECIAL.sub("", gen.text), masks=gen.masks, frames=gen.frames)
+        return ModelOutput(text=strip_special(gen.text), masks=gen.masks, frames=gen.frames)
 
     # --- scene scale ---------------------------------------------------------------------------
 
@@ -310,7 +309,7 @@ class TerraScopeBackend:
         tail = _clean(self.tokenizer.decode(gen.token_ids[previous:], skip_special_tokens=True))
         if tail:
             trace.say(tail)
-        trace.answer = trace.model_answer = answer_of(gen.text) or _clean(_SPECIAL.sub("", gen.text))
+        trace.answer = trace.model_answer = answer_of(gen.text) or _clean(strip_special(gen.text))
         letters = choice_letters(query.question)
         if letters:
             trace.choice = extract_letter(gen.text, letters)[0]
@@ -340,7 +339,7 @@ class TerraScopeBackend:
                     one = request.result
                     trace.tiles.append({"id": i, "window": [int(window.col_off), int(window.row_off),
                                                             int(window.width), int(window.height)],
-                                        "answer": answer_of(one.text), "text": _SPECIAL.sub("", one.text)[:1000],
+                                        "answer": answer_of(one.text), "text": strip_special(one.text)[:1000],
                                         "segs": len(one.masks), "checks": []})
                 trace.notes.append(f"each of the {len(windows)} scene tiles' own answers is listed under Tiles")
             else:
@@ -387,7 +386,7 @@ class TerraScopeBackend:
 
         def answered(request: Request, gen: Generation) -> None:
             got = self._attribute(gen, frames, query.classes)
-            record = {"answer": answer_of(gen.text), "text": _SPECIAL.sub("", gen.text)[:1000], "segs": len(gen.masks),
+            record = {"answer": answer_of(gen.text), "text": strip_special(gen.text)[:1000], "segs": len(gen.masks),
                       "checks": []}
             state.update(record=record, got=got)
             for (cls, frame), mask_list in got.items():

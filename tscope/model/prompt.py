@@ -31,10 +31,15 @@ def choices_question(question: str, candidates: dict[str, str]) -> str:
     return f"{question}\n" + "".join(f"{key}. {candidates[key]}\n" for key in sorted(candidates))
 
 
+def strip_special(text: str) -> str:
+    """``text`` without chat-template, image-context and region tokens (what a person should read)."""
+    return _SPECIAL.sub("", text)
+
+
 def answer_of(text: str) -> str:
     """The text inside the model's ``<answer>`` (to the end when it is not closed; empty when absent)."""
     match = _ANSWER.search(text)
-    return _SPECIAL.sub("", match.group(1) if match else "").strip()
+    return strip_special(match.group(1) if match else "").strip()
 
 
 def extract_letter(response: str, letters: str = "ABCD") -> tuple[str | None, str]:
