@@ -133,3 +133,27 @@ def test_scl_is_never_interpolated_when_warped(tmp_path):
     _, after = open_scenes([t1, t2])
     values, _ = after.read(["scl"], Window(0, 0, after.grid.width, after.grid.height))
     assert set(np.unique(values["scl"])) <= {0.0, 2.0, 4.0}
+
+
+@pytest.mark.parametrize(("tiled", "block", "expected"), [
+    # 512-px tiles under 1012-px windows: every window cut three tiles a side, so a pass decompressed each
+    # cut tile twice (2x the bare read of a 10980² file). Tiled files are cut on whole tiles...
+    (True, 32, {"rows": 96, "cols": 96}),
+    # ...striped files in bands of whole strips (a narrower window decompresses the whole strip anyway).
+    (False, 8, {"rows": 40, "cols": 250}),
+])
+def test_windows_follow_the_files_internal_blocks(tmp_path, tiled, block, expected):
+    path = tmp_path / "scene.tif"
+    profile = dict(driver="GTiff", width=250, height=230, count=1, dtype="uint16", crs="EPSG:32633",
+                   transform=rasterio.Affine(10, 0, 399960, 0, -10, 5100000), tiled=tiled, blockysize=block,
+                   **({"blockxsize": block} if tiled else {}))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.ones((1, 230, 250), np.uint16))
+    scene = open_scene(path, ReadOptions(bands="red"))
+    windows = list(scene.windows(100))
+    assert all(w.row_off % block == 0 and w.col_off % (block if tiled else 250) == 0 for w in windows)
+    assert max(w.height for w in windows) == expected["rows"] and max(w.width for w in windows) == expected["cols"]
+    covered = np.zeros((230, 250), int)
+    for w in windows:
+        covered[w.toslices()] += 1
+    assert (covered == 1).all()

@@ -117,11 +117,12 @@ class Grid:
             return None
         return round(col), round(row)
 
-    def windows(self, size: int = BLOCK) -> Iterator[Window]:
-        """Row-major blocks of at most ``size`` x ``size`` pixels covering the grid."""
+    def windows(self, size: int = BLOCK, cols: int | None = None) -> Iterator[Window]:
+        """Row-major blocks of at most ``size`` rows by ``cols`` (default ``size``) columns covering the grid."""
+        cols = cols or size
         for row in range(0, self.height, size):
-            for col in range(0, self.width, size):
-                yield Window(col, row, min(size, self.width - col), min(size, self.height - row))
+            for col in range(0, self.width, cols):
+                yield Window(col, row, min(cols, self.width - col), min(size, self.height - row))
 
     def centre_lonlat(self) -> tuple[float, float]:
         x, y = self.transform @ (self.width / 2, self.height / 2)

@@ -41,10 +41,6 @@ class Preview:
         self._counts = np.zeros(self.shape, np.int32)
         self._lock = threading.Lock()  # passes add windows from several threads; cells may be shared
 
-    def aligned(self, block: int) -> int:
-        """The largest window side up to ``block`` made of whole cells: windows then need no padding."""
-        return max(self.factor, block - block % self.factor)
-
     def _cell_sums(self, values: np.ndarray, row_off: int, col_off: int, dtype: type) -> np.ndarray:
         """Sums of ``values`` (a window at ``row_off, col_off``) per cell the window touches.
 
@@ -101,7 +97,7 @@ def scene_preview(scene: Scene, names: Sequence[str] | None = None, block: int =
     """A preview of ``scene`` (cells of ``factor`` pixels, default: at most PREVIEW_SIDE cells a side)
     from a pass of its own, for callers with no pass to share."""
     preview = Preview(scene.grid, names or preview_bands(scene.bands), factor=factor)
-    for window in scene.grid.windows(preview.aligned(block)):
+    for window in scene.windows(block):
         bands, valid = scene.read(preview.names, window)
         preview.add(window, bands, valid)
     return preview

@@ -30,7 +30,7 @@ from rasterio.windows import Window, from_bounds
 
 from tscope.errors import InputError, RuntimeFailure
 from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
-from tscope.geo.grid import Grid, PixelGrid
+from tscope.geo.grid import BLOCK, Grid, PixelGrid
 from tscope.geo.remote import Source, resolve
 from tscope.limits import check_pixels
 
@@ -69,6 +69,7 @@ class Scene:
     options: ReadOptions = field(default_factory=ReadOptions)
     per_dataset_mask: bool = False
     tags: dict[str, str] = field(default_factory=dict)  # the file's dataset tags, read once at open
+    block_shape: tuple[int, int] | None = None  # the file's internal (rows, cols) blocks
 
     @property
     def bands(self) -> list[str]:
@@ -109,6 +110,24 @@ class Scene:
         return replace(self, grid=grid, frame=frame or self.frame)
 
     # --- reading -----------------------------------------------------------------------------
+
+    def windows(self, size: int = BLOCK) -> Iterator[Window]:
+        """Windows of about ``size`` x ``size`` pixels covering the analysis grid, cut on the file's blocks.
+
+        Each read opens the file anew, so a block that two windows share is decompressed twice: 1012-px
+        windows over 512-px tiles double the cost of a pass. Read unwarped, a tiled file is cut on whole
+        tiles and a striped one in bands of whole strips (a narrower window decompresses the strip anyway).
+        Blocks much larger than a window (one strip for the whole file) are not worth aligning to.
+        """
+        if self.block_shape is None or not self.is_native:
+            return self.grid.windows(size)
+        block_rows, block_cols = self.block_shape
+        if block_rows * block_cols > 4 * size * size:
+            return self.grid.windows(size)
+        if block_cols >= self.grid.width:
+            rows = max(block_rows, size * size // self.grid.width // block_rows * block_rows)
+            return self.grid.windows(rows, self.grid.width)
+        return self.grid.windows(max(block_rows, size - size % block_rows), max(block_cols, size - size % block_cols))
 
     def read(self, names: Sequence[str], window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Physical values of ``names`` in ``window`` of the analysis grid, and the valid mask.
@@ -210,20 +229,6 @@ class Scene:
             out += np.float32(offset)
         return out
 
-    def read_overview(self, names: Sequence[str], max_side: int = 1024) -> np.ndarray:
-        """A decimated (bands, rows, cols) float32 read for quicklooks: memory bounded by ``max_side``."""
-        factor = max(1, int(np.ceil(max(self.grid.width, self.grid.height) / max_side)))
-        shape = (max(1, self.grid.height // factor), max(1, self.grid.width // factor))
-        indexes = [self.band_map.indexes[n] for n in names]
-        with _open(self.path) as src:
-            if isinstance(self.grid, PixelGrid):
-                # A plain image has no CRS to warp through; it is always read on its own pixels.
-                raw = src.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.average)
-            else:
-                with WarpedVRT(src, **self._warp_kwargs(Resampling.average)) as vrt:
-                    raw = vrt.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.average)
-        return np.stack([self._to_physical(n, b) for n, b in zip(names, raw, strict=True)])
-
 
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
@@ -310,6 +315,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         else:
             grid = _grid_of(src, crs)
         tags = dict(src.tags())
+        block_shape = tuple(src.block_shapes[0]) if src.block_shapes else None
     return Scene(
         path=path,
         grid=grid,
@@ -323,6 +329,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         options=options,
         per_dataset_mask=per_dataset_mask,
         tags=tags,
+        block_shape=block_shape,
     )
 
 

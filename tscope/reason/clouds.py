@@ -6,11 +6,14 @@ CloudSEN12+) for Level-1C (top of atmosphere) and Level-2A (surface) reflectance
 (``pip install tscope[clouds]``); without it, or without those bands, the rules of
 ``models/spectral.toml`` (Sentinel-2 SCL, else the HOT test) mask clouds and nothing masks shadows.
 
-The model runs once per scene, in a thread beside the windowed pass, on a coarser grid: about 30 m pixels (what
-the models were trained on), coarser still for large scenes so that it never sees more than
-``MAX_SIDE`` pixels a side (a full Sentinel-2 tile runs at about 220 m, 500 px a side: clouds and
-their shadows are hundreds of metres across, and this bounds the model's cost at a few seconds).
-Each window of the analysis grid then takes its classes from that grid by nearest neighbour.
+The model runs once per scene on a coarser grid: cells of ``factor`` x ``factor`` pixels of about 30 m
+(what the models were trained on), coarser still for large scenes so that it never sees more than
+``MAX_SIDE`` cells a side (a full Sentinel-2 tile runs at 220 m, 500 px a side: clouds and their
+shadows are hundreds of metres across, and this bounds the model's cost at about a second). Its
+input is a :class:`~tscope.geo.preview.Preview` (the mean of each cell's valid pixels) filled by the
+windowed pass that computes the masks: a decimated read of its own would read the whole scene a
+second time in a file without overviews, and would make the answer depend on whether it has them.
+Each pixel of the analysis grid then takes the class of its cell.
 
 Known limit: dark water looks like cloud shadow, and the model calls much of it shadow; it is then
 excluded with the shadows (and counted in ``cloud_shadow_percent``), as every shadow must be.
@@ -32,6 +35,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from tscope.geo.preview import Preview
 from tscope.geo.scene import Scene
 
 MODEL_GSD_M = 30.0
@@ -44,22 +48,22 @@ CLOUD, SHADOW = 1, 2  # the model's classes; 0 is clear
 
 @dataclass(frozen=True)
 class CloudMap:
-    """Classes (0 clear, 1 cloud, 2 cloud shadow) on a coarse grid spanning the scene's analysis grid."""
+    """Classes (0 clear, 1 cloud, 2 cloud shadow) on cells of ``factor`` x ``factor`` analysis-grid pixels."""
 
     classes: np.ndarray
-    shape: tuple[int, int]
+    factor: int
     source: str
     gsd_m: float | None
 
-    def window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """(cloud, shadow) boolean arrays for ``window`` of the analysis grid (nearest coarse cell)."""
-        rows_c, cols_c = self.classes.shape
-        rows = np.arange(int(window.row_off), int(window.row_off + window.height))
-        cols = np.arange(int(window.col_off), int(window.col_off + window.width))
-        # Cell of each full-resolution pixel centre: the coarse grid spans the same extent.
-        r = np.minimum(((rows + 0.5) * rows_c / self.shape[0]).astype(np.int64), rows_c - 1)
-        c = np.minimum(((cols + 0.5) * cols_c / self.shape[1]).astype(np.int64), cols_c - 1)
-        block = self.classes[np.ix_(r, c)]
+    def window(self, window: Window) -> tuple[np.ndarray, np.ndarray] | None:
+        """(cloud, shadow) boolean arrays for ``window`` of the analysis grid, each pixel taking its cell's
+        class; None when every cell under the window is clear (most windows of most scenes)."""
+        f = self.factor
+        r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+        cells = self.classes[r0 // f : (r0 + h - 1) // f + 1, c0 // f : (c0 + w - 1) // f + 1]
+        if not cells.any():
+            return None
+        block = np.repeat(np.repeat(cells, f, axis=0), f, axis=1)[r0 % f : r0 % f + h, c0 % f : c0 % f + w]
         return block == CLOUD, block == SHADOW
 
 
@@ -98,8 +102,8 @@ def usable(scene: Scene) -> bool:
     return scene.kind == "optical" and all(scene.has(b) for b in BANDS_4) and available()
 
 
-def _coarse_side(scene: Scene) -> int:
-    """Longest side, in pixels, of the grid the model runs on."""
+def coarse_factor(scene: Scene) -> int:
+    """Side, in analysis-grid pixels, of the model's cells (see the module docstring)."""
     grid = scene.grid
     longest = max(grid.width, grid.height)
     try:
@@ -107,8 +111,21 @@ def _coarse_side(scene: Scene) -> int:
     except Exception:  # noqa: BLE001 - a CRS without a ground metric: take the pixels as they are
         size = MODEL_GSD_M
     factor = max(1, round(MODEL_GSD_M / size)) if grid.units == "m" else 1
-    factor = max(factor, math.ceil(longest / MAX_SIDE))
-    return max(1, math.ceil(longest / factor))
+    return max(factor, math.ceil(longest / MAX_SIDE))
+
+
+def model_input(scene: Scene) -> Preview:
+    """An empty preview of the bands the model takes, on its cells; the caller's windowed pass fills it."""
+    return Preview(scene.grid, _bands(scene), factor=coarse_factor(scene))
+
+
+def load_model(scene: Scene) -> None:
+    """Load the model ``scene`` needs (most of a second), e.g. in a thread while the pass runs."""
+    _session(_model_file(_bands(scene), product_level(scene)))
+
+
+def _bands(scene: Scene) -> tuple[str, ...]:
+    return BANDS_6 if all(scene.has(b) for b in BANDS_6) else BANDS_4
 
 
 @cache
@@ -117,6 +134,9 @@ def _session(model_file: Path):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    # Without the arena, the few hundred MB a run takes go back when it ends instead of staying for the
+    # rest of the answer (polygons, COGs); one tile per run measured faster here than four, and smaller.
+    options.enable_cpu_mem_arena = False
     return onnxruntime.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -147,28 +167,26 @@ def predict(image: np.ndarray, bands: tuple[str, ...], level: str) -> np.ndarray
              .transpose(0, 2, 4, 1, 3).reshape(-1, len(order), tile, tile).astype(np.float32))
     session = _session(model_file)
     name = session.get_inputs()[0].name
-    classes = np.concatenate([np.argmax(session.run(None, {name: tiles[i:i + 4]})[0], axis=1)
-                              for i in range(0, len(tiles), 4)]).astype(np.uint8)
+    classes = np.concatenate([np.argmax(session.run(None, {name: tiles[i:i + 1]})[0], axis=1)
+                              for i in range(len(tiles))]).astype(np.uint8)
     out = (classes.reshape(padded_rows // tile, padded_cols // tile, tile, tile)
            .transpose(0, 2, 1, 3).reshape(padded_rows, padded_cols))
     return np.ascontiguousarray(out[:rows, :cols])
 
 
-def model_cloud_map(scene: Scene) -> CloudMap:
-    """Run ukis-csmask's model over ``scene`` on a coarse grid (see the module docstring)."""
-    bands = BANDS_6 if all(scene.has(b) for b in BANDS_6) else BANDS_4
+def model_cloud_map(scene: Scene, filled: Preview) -> CloudMap:
+    """Run ukis-csmask's model on ``filled``, the :func:`model_input` of ``scene`` once a pass has filled it."""
+    bands = tuple(filled.names)
     level = product_level(scene)
-    side = _coarse_side(scene)
-    image = np.moveaxis(scene.read_overview(list(bands), side), 0, -1)
-    # Nodata reads as NaN in float files; a NaN would spread through the convolutions to its neighbours.
-    image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-    classes = predict(image, bands, level)
+    # A cell without valid pixels is NaN; a NaN would spread through the convolutions to its neighbours.
+    image = np.stack([np.nan_to_num(filled.band(b), nan=0.0, posinf=0.0, neginf=0.0) for b in bands], axis=-1)
+    classes = predict(image.astype(np.float32), bands, level)
     grid = scene.grid
     gsd = None
     if grid.units == "m":
-        gsd = round(min(grid.pixel_size_m()) * grid.width / classes.shape[1], 1)
+        gsd = round(min(grid.pixel_size_m()) * filled.factor, 1)
     version = metadata.version("ukis-csmask")
     grid_text = f"{gsd:g} m grid" if gsd else f"{classes.shape[1]} x {classes.shape[0]} px grid"
     source = (f"ukis-csmask {version} {len(bands)}-band {level.upper()} U-Net (Wieland et al. 2019), "
               f"clouds and cloud shadows, on a {grid_text}")
-    return CloudMap(classes=classes, shape=grid.shape, source=source, gsd_m=gsd)
+    return CloudMap(classes=classes, factor=filled.factor, source=source, gsd_m=gsd)

@@ -11,8 +11,10 @@ HOT rule.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
@@ -29,7 +31,20 @@ from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
 
 HIST_BINS = 1024
+T = TypeVar("T")
+R = TypeVar("R")
 log = logging.getLogger("tscope")
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T], ahead: int) -> Iterator[R]:
+    """``pool.map(fn, items)`` with at most ``ahead`` calls in flight: ``map`` submits every item at once,
+    and finished windows then wait in memory whenever the consuming thread falls behind."""
+    pending: deque[Future[R]] = deque(pool.submit(fn, item) for item in items[:ahead])
+    for item in items[ahead:]:
+        yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 class SpectralBackend:
@@ -90,7 +105,7 @@ class SpectralBackend:
             width = hi - lo
             edges = np.linspace(lo - 2 * width, hi + 2 * width, HIST_BINS + 1)
             hists[spec.name] = (np.zeros(HIST_BINS, np.int64), edges)
-        for window in scene.grid.windows(self.block):
+        for window in scene.windows(self.block):
             bands, valid = scene.read(needs, window)
             env = self._env(bands, [], {})
             for spec in specs:
@@ -122,17 +137,20 @@ class SpectralBackend:
         data = {cls: np.zeros(shape, dtype=bool) for cls in classes}
         valid_all = np.zeros(shape, dtype=bool)
         nodata_px = cloud_px = shadow_px = 0
-        # The quicklook's bands come from this same pass: no second read of the scene.
+        # The quicklook's bands, and the cloud model's input, come from this same pass: no second read.
         preview = Preview(scene.grid, preview_bands(scene.bands))
-        read_needs = sorted(set(needs) | set(preview.names))
-        windows = list(scene.grid.windows(preview.aligned(self.block)))
+        model_input = clouds.model_input(scene) if use_model else None
+        previews = [preview] + ([model_input] if model_input is not None else [])
+        read_needs = sorted(set(needs).union(*(p.names for p in previews)))
+        windows = list(scene.windows(self.block))
         excluding = self.mask_clouds and "cloud" not in classes
 
         def classify(window):
             bands, valid = scene.read(read_needs, window)
             env = self._env(bands, active, thresholds)
             nodata = int(valid.size - np.count_nonzero(valid))
-            preview.add(window, bands, valid)
+            for filling in previews:
+                filling.add(window, bands, valid)
             cloudy = 0
             if cloud_rule is not None:
                 cloud = np.asarray(evaluate(cloud_rule.compiled, env), dtype=bool) & valid
@@ -143,12 +161,13 @@ class SpectralBackend:
             return window, valid, nodata, cloudy, classes_here
 
         # Two windows in flight: GDAL decompression and numpy release the GIL, so reading one window
-        # overlaps computing the other. The cloud model runs beside them in a third thread (onnxruntime
-        # releases the GIL too) and its classes are applied once the windows are done.
+        # overlaps computing the other. The cloud model runs once the pass has filled its input (about a
+        # second on its coarse grid) and its classes are applied to the masks after it.
+        thresholds = self._thresholds(scene, active, needs)
         with ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
-            model = pool.submit(clouds.model_cloud_map, scene) if use_model else None
-            thresholds = self._thresholds(scene, active, needs)
-            for i, (window, valid, nodata, cloudy, classes_here) in enumerate(pool.map(classify, windows)):
+            loading = pool.submit(clouds.load_model, scene) if use_model else None
+            done = _in_order(pool, classify, windows, ahead=2 * self.workers)
+            for i, (window, valid, nodata, cloudy, classes_here) in enumerate(done):
                 rows = slice(int(window.row_off), int(window.row_off + window.height))
                 cols = slice(int(window.col_off), int(window.col_off + window.width))
                 nodata_px += nodata
@@ -158,13 +177,18 @@ class SpectralBackend:
                     data[cls][rows, cols] = block
                 if progress:
                     progress(i + 1, len(windows))
-            cloud_map = model.result() if model is not None else None
+            if loading is not None:
+                loading.result()
+        cloud_map = clouds.model_cloud_map(scene, model_input) if model_input is not None else None
         if cloud_map is not None:
             for window in windows:
                 rows = slice(int(window.row_off), int(window.row_off + window.height))
                 cols = slice(int(window.col_off), int(window.col_off + window.width))
+                found = cloud_map.window(window)
+                if found is None:
+                    continue  # a clear window: the masks and counts stand as the pass left them
+                cloud, shadow = found
                 valid = valid_all[rows, cols]
-                cloud, shadow = cloud_map.window(window)
                 cloud &= valid
                 if "cloud" in classes:
                     data["cloud"][rows, cols] = cloud
