@@ -12,8 +12,9 @@ the models were trained on), coarser still for large scenes so that it never see
 their shadows are hundreds of metres across, and this bounds the model's cost at a few seconds).
 Each window of the analysis grid then takes its classes from that grid by nearest neighbour.
 
-Known limit: dark water looks like cloud shadow, and the model calls much of it shadow; it is then
-excluded with the shadows (and counted in ``cloud_shadow_percent``), as every shadow must be.
+Dark water looks like cloud shadow, and the model calls much of it shadow. Given a water test (the
+``shadow_water`` index of the rules: DSWE's band-comparison tests, which dimming alone does not pass),
+shadow cells that pass it are water under a shadow or dark water, not shadowed land: they are clear.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -39,7 +41,7 @@ MODEL_GSD_M = 30.0
 MAX_SIDE = 512
 BANDS_6 = ("blue", "green", "red", "nir", "swir16", "swir22")
 BANDS_4 = BANDS_6[:4]
-CLOUD, SHADOW = 1, 2  # the model's classes; 0 is clear
+CLEAR, CLOUD, SHADOW = 0, 1, 2  # the model's classes
 
 
 @dataclass(frozen=True)
@@ -154,15 +156,28 @@ def predict(image: np.ndarray, bands: tuple[str, ...], level: str) -> np.ndarray
     return np.ascontiguousarray(out[:rows, :cols])
 
 
-def model_cloud_map(scene: Scene) -> CloudMap:
-    """Run ukis-csmask's model over ``scene`` on a coarse grid (see the module docstring)."""
+WaterTest = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def model_cloud_map(scene: Scene, water: WaterTest | None = None) -> CloudMap:
+    """Run ukis-csmask's model over ``scene`` on a coarse grid (see the module docstring).
+
+    ``water`` maps the coarse image's bands (blue ... swir22, reflectance) to a boolean image: shadow
+    cells where it holds are taken as clear (water), not shadow. It needs the 6-band input.
+    """
     bands = BANDS_6 if all(scene.has(b) for b in BANDS_6) else BANDS_4
     level = product_level(scene)
     side = _coarse_side(scene)
-    image = np.moveaxis(scene.read_overview(list(bands), side), 0, -1)
+    raw = np.moveaxis(scene.read_overview(list(bands), side), 0, -1)
     # Nodata reads as NaN in float files; a NaN would spread through the convolutions to its neighbours.
-    image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    image = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
     classes = predict(image, bands, level)
+    kept_water = ""
+    if water is not None and bands == BANDS_6:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            is_water = np.asarray(water({b: raw[..., i] for i, b in enumerate(bands)}), dtype=bool)
+        classes[(classes == SHADOW) & is_water] = CLEAR
+        kept_water = "; shadow cells that pass DSWE's band-comparison water tests kept as water"
     grid = scene.grid
     gsd = None
     if grid.units == "m":
@@ -170,5 +185,5 @@ def model_cloud_map(scene: Scene) -> CloudMap:
     version = metadata.version("ukis-csmask")
     grid_text = f"{gsd:g} m grid" if gsd else f"{classes.shape[1]} x {classes.shape[0]} px grid"
     source = (f"ukis-csmask {version} {len(bands)}-band {level.upper()} U-Net (Wieland et al. 2019), "
-              f"clouds and cloud shadows, on a {grid_text}")
+              f"clouds and cloud shadows, on a {grid_text}{kept_water}")
     return CloudMap(classes=classes, shape=grid.shape, source=source, gsd_m=gsd)

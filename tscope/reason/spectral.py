@@ -24,7 +24,8 @@ from tscope.geo.scene import Scene
 from tscope.reason import clouds
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
-from tscope.reason.rules import Rule, RuleSet, evaluate, evaluate_index, load_rules, otsu_from_histogram
+from tscope.reason.rules import (Rule, RuleSet, evaluate, evaluate_index, index_bands, load_rules,
+                                 otsu_from_histogram)
 from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
 
@@ -67,6 +68,15 @@ class SpectralBackend:
         if self.mask_clouds and not model and "cloud" not in classes and scene.kind == "optical":
             cloud = next((r for r in self.rules.rules if r.cls == "cloud" and set(r.needs) <= bands), None)
         return chosen, cloud
+
+    def _shadow_water(self, scene: Scene) -> clouds.WaterTest | None:
+        """The rules' ``shadow_water`` test for the cloud model's shadow cells, when the rules and bands have it."""
+        name = "shadow_water"
+        if name not in self.rules.indices or not index_bands(self.rules.indices, name) <= set(clouds.BANDS_6):
+            return None
+        if not all(scene.has(b) for b in clouds.BANDS_6):
+            return None
+        return lambda bands: evaluate_index(self.rules.indices, name, dict(bands))
 
     def _env(self, bands: dict[str, np.ndarray], rules: Sequence[Rule], extra: dict) -> dict:
         env: dict = dict(bands)
@@ -146,7 +156,7 @@ class SpectralBackend:
         # overlaps computing the other. The cloud model runs beside them in a third thread (onnxruntime
         # releases the GIL too) and its classes are applied once the windows are done.
         with ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
-            model = pool.submit(clouds.model_cloud_map, scene) if use_model else None
+            model = pool.submit(clouds.model_cloud_map, scene, self._shadow_water(scene)) if use_model else None
             thresholds = self._thresholds(scene, active, needs)
             for i, (window, valid, nodata, cloudy, classes_here) in enumerate(pool.map(classify, windows)):
                 rows = slice(int(window.row_off), int(window.row_off + window.height))
