@@ -24,8 +24,7 @@ from tscope.geo.scene import Scene
 from tscope.reason import clouds
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
-from tscope.reason.rules import (Rule, RuleSet, evaluate, evaluate_index, index_bands, load_rules,
-                                 otsu_from_histogram)
+from tscope.reason.rules import Rule, RuleSet, evaluate, evaluate_index, index_bands, load_rules, otsu_from_histogram
 from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
 
