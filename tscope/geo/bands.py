@@ -3,7 +3,8 @@
 Names are STAC ``eo`` common names. A file's bands are identified, in this order, by an explicit
 mapping (``--bands red,green,blue,nir``), a sensor preset (``--sensor``, from
 ``models/sensors.toml``), the band descriptions written in the file (common names, Sentinel-2 band
-ids such as ``B04``, or polarisations), or the colour interpretation of a plain RGB(A) image.
+ids such as ``B04``, or ``B4`` when ``B8A`` is among them, or polarisations), or the colour
+interpretation of a plain RGB(A) image.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def identify_bands(
     described = {}
     sentinel2 = _sentinel2_ids(src.descriptions)
     for i, desc in enumerate(src.descriptions, start=1):
-        common = normalise_band_name(_zero_pad(desc) if sentinel2 and desc else desc) if desc else None
+        common = normalise_band_name(_zero_pad(desc) if sentinel2 else desc) if desc else None
         if common and common not in described:
             described[common] = i
     if described:
