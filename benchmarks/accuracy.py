@@ -13,6 +13,7 @@ the IoU). tests/test_accuracy.py holds these numbers within stated tolerances.
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import rasterio
 from rasterio.windows import Window
 
 from tscope.geo.scene import ReadOptions, open_scene
+from tscope.geo.stack import stack_scenes
 from tscope.reason.spectral import SpectralBackend
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -39,6 +41,7 @@ class Case:
     gsd: float | None = None
     rule_only: bool = False  # score the class rule alone, on the label's clear pixels (no cloud masking)
     cloud_model: bool = True  # False: what tscope does without the `clouds` extra (the HOT rule)
+    stack_with: Path | None = None  # ask on `tscope stack scene stack_with` (optical + SAR), as a user would
 
 
 # Naive single-index baselines: one published index, one threshold, no cloud test.
@@ -47,11 +50,15 @@ BASELINES = {
     "NDWI > 0": lambda b: (b["green"] - b["nir"]) / (b["green"] + b["nir"]) > 0,
     "NDBI > 0": lambda b: (b["swir16"] - b["nir"]) / (b["swir16"] + b["nir"]) > 0,
     "HOT > 0": lambda b: b["blue"] - 0.5 * b["red"] - 0.08 > 0,
+    # The fixed threshold of the Sen1Floods11 paper's baseline family (calm water is below about -15 dB in VV).
+    "VV < -15 dB": lambda b: 10 * np.log10(b["vv"]) < -15,
 }
 BASELINE_BANDS = {"NDVI > 0.6": ["red", "nir"], "NDWI > 0": ["green", "nir"], "NDBI > 0": ["nir", "swir16"],
-                  "HOT > 0": ["blue", "red"]}
+                  "HOT > 0": ["blue", "red"], "VV < -15 dB": ["vv"]}
 
 # eo-learn LULC: 0 nodata, 2 forest, 8 artificial surface. ukis-csmask: 0 cloud shadow, 1 water, 3 land, 4 cloud.
+# Sen1Floods11 hand label: -1 no data, 0 not water, 1 water (one co-registered Sentinel-1/Sentinel-2 flood chip).
+S1F11_S2, S1F11_S1, S1F11_LABEL = (DATA / f"sen1floods11_spain_{n}.tif" for n in ("s2", "s1", "label"))
 CASES = {
     "slovenia_s2 forest": Case(EXAMPLES / "slovenia_s2.tif", DATA / "slovenia_lulc.tif", "forest", (2,), (0,),
                                "NDVI > 0.6"),
@@ -77,6 +84,10 @@ CASES = {
                                  (0, 4), "NDWI > 0", 30.0),
     "ukis_l7_cloudy water (rule only)": Case(DATA / "ukis_l7_cloudy.tif", DATA / "ukis_l7_cloudy_label.tif", "water",
                                              (1,), (0, 4), "NDWI > 0", 30.0, rule_only=True),
+    "sen1floods11_spain water (Sentinel-2 L1C)": Case(S1F11_S2, S1F11_LABEL, "water", (1,), (-1,), "NDWI > 0"),
+    "sen1floods11_spain water (Sentinel-1 VV, VH)": Case(S1F11_S1, S1F11_LABEL, "water", (1,), (-1,), "VV < -15 dB"),
+    "sen1floods11_spain water (tscope stack S2 S1)": Case(S1F11_S2, S1F11_LABEL, "water", (1,), (-1,), "NDWI > 0",
+                                                          stack_with=S1F11_S1),
 }
 
 
@@ -97,8 +108,16 @@ def _iou(pred: np.ndarray, truth: np.ndarray, where: np.ndarray) -> float:
 
 
 def evaluate(case: Case, backend: SpectralBackend | None = None) -> Row:
+    if case.stack_with is None:
+        return _evaluate(case, case.scene, backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = stack_scenes([case.scene, case.stack_with], Path(tmp) / "stack")
+        return _evaluate(case, Path(result.files[0]), backend)
+
+
+def _evaluate(case: Case, path: Path, backend: SpectralBackend | None) -> Row:
     backend = backend or SpectralBackend(mask_clouds=not case.rule_only, cloud_model=case.cloud_model)
-    scene = open_scene(case.scene, ReadOptions(gsd=case.gsd))
+    scene = open_scene(path, ReadOptions(gsd=case.gsd))
     masks, _ = backend.masks_for(scene, [case.cls])
     mask = masks[case.cls]
     with rasterio.open(case.label) as src:
@@ -135,7 +154,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, case in CASES.items():
         row = evaluate(case)
-        print(f"| `{case.scene.name}` | {name.split(' ', 1)[1]} | {row.label_percent:.2f} | {row.tscope_percent:.2f} |"
+        scene = f"`{case.scene.name}`" + (f" + `{case.stack_with.name}`" if case.stack_with else "")
+        print(f"| {scene} | {name.split(' ', 1)[1]} | {row.label_percent:.2f} | {row.tscope_percent:.2f} |"
               f" {row.baseline_percent:.2f} ({case.baseline}) | {row.tscope_iou:.2f} | {row.baseline_iou:.2f} |"
               f" {method(row.source)} |")
 

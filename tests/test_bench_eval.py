@@ -207,9 +207,12 @@ def test_cli_eval_resumes_and_reports(official, tmp_path):
     done = run_cli("bench", "eval", official, "--out", out, "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    # The official rows have no georeferenced source: the spectral backend counts them wrong, with the reason.
+    # The official rows have no georeferenced source: the spectral backend reads their true-colour PNG,
+    # which has no near-infrared band for forest or grassland and no ground size for metres.
     assert summary["correct"] == 0 and summary["unanswered"] == {
-        "no georeferenced source (the spectral backend cannot read a PNG)": 5}
+        "spectral backend: forest needs nir; this scene has blue, green, red": 2,
+        "spectral backend: grassland needs nir; this scene has blue, green, red": 2,
+        "no ground size (a plain image without a georeferenced source) for options in ground units": 1}
     assert (out / "report.md").exists() and json.loads((out / "report.json").read_text())["samples"] == 5
     before = (out / "results.jsonl").read_text()
     again = run_cli("bench", "eval", official, "--out", out, "--tasks", "CA", "--limit", "1")
@@ -251,3 +254,30 @@ def test_results_of_another_bench_with_the_same_ids_are_not_reused(official, tru
     records = evaluate(rebuilt, second, results)
     assert len(second.prompts) == len(records) == 5
     assert all(r["question"].endswith("(rebuilt)") for r in records)
+
+
+def test_spectral_backend_answers_png_only_rows_from_the_image(truth, tmp_path):
+    # Rows of the official release carry only the PNG: the spectral backend answers them as `tscope ask`
+    # answers that PNG (in pixels and percentages), instead of marking them unanswerable.
+    _, _, _, png = truth
+    (tmp_path / "img.png").write_bytes(png)
+    asked = run_cli("ask", tmp_path / "img.png", "What percentage is vegetation?", "--out", tmp_path / "ask",
+                    "--json", "-q")
+    assert asked.returncode == 0, asked.stderr
+    share = json.loads(asked.stdout)["numbers"]["coverage_percent"]["value"]
+    options = {"A": f"{share + 30:.1f}%", "B": f"{share:.1f}%", "C": f"{max(share - 30, 0):.1f}%"}
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "image": pa.array([{"bytes": png, "path": "../escape.png"}] * 2, image_type),
+        "question": ["What percentage of the image is covered by vegetation?", "Is there any vegetation?"],
+        "candidates": [json.dumps(options), json.dumps({"A": "Yes", "B": "No"})],
+        "answer": ["B", "A"],
+        "task_type": ["coverage_percentage", "object_existence"],
+    })
+    bench = tmp_path / "png_only.parquet"
+    pq.write_table(table, bench)
+    records = evaluate(bench, SpectralAnswerer(tmp_path), tmp_path / "r.jsonl")
+    assert [r["reason"] for r in records] == [None, None]
+    assert [r["correct"] for r in records] == [True, True]
+    assert f"coverage {share:.2f}%" in records[0]["response"]
+    assert not (tmp_path.parent / "escape.png").exists()

@@ -4,7 +4,8 @@ An *answerer* is anything with TerraScope's ``chat(images, prompt) -> output`` w
 a list of uint8 (H, W, 3) arrays (pre, post for pairs), ``prompt`` the official prompt
 (:func:`tscope.bench.answers.format_prompt`) and ``output`` has ``text`` (str), ``masks`` (list of
 bool arrays) and ``frames`` (list of int, the image each mask belongs to). The spectral baseline is
-wrapped as one (:class:`SpectralAnswerer`) that reads the georeferenced source instead of the PNG.
+wrapped as one (:class:`SpectralAnswerer`) that reads the georeferenced source when a row has one,
+else the row's own image (a plain image: measures in pixels, so ground-unit options cannot be picked).
 
 Each scored sample is one JSON line of ``results.jsonl``, appended and flushed as soon as it is
 scored; a rerun skips samples already there (a torn last line is dropped), so an interrupted run
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,7 @@ class Unanswerable(Exception):
 
 # --- the spectral baseline ---------------------------------------------------------------------
 
+JPEG_MAGIC = b"\xff\xd8\xff"
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 
 
@@ -104,27 +107,39 @@ class SpectralAnswerer:
         from tscope.reason import measures
         from tscope.reason.query import AREA_UNITS, parse_query
 
-        if not sample.source:
-            raise Unanswerable("no georeferenced source (the spectral backend cannot read a PNG)")
-        paths = [self._path(sample.source)] + ([self._path(sample.post_source)] if sample.post_source else [])
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing:
-            raise Unanswerable(f"source not found: {', '.join(missing)}")
+        n_images = 2 if (sample.post_source if sample.source else sample.post_image) else 1
         try:
-            query = parse_query(sample.question, n_scenes=len(paths))
+            query = parse_query(sample.question, n_scenes=n_images)
         except InputError as exc:
             raise Unanswerable(f"question not understood: {exc}") from None
         if query.task == "change":
             raise Unanswerable("the spectral backend measures class area change, not per-building damage")
-        try:
-            scenes = open_scenes(paths)
-            if sample.grid:
-                g = sample.grid
-                grid = Grid(CRS.from_wkt(g["crs"]), Affine(*g["transform"]), int(g["width"]), int(g["height"]))
-                scenes = [s.aligned_to(grid) for s in scenes]
-            masks, _ = self.backend.masks_for(scenes[0], query.classes)
-        except TscopeError as exc:
-            raise Unanswerable(f"spectral backend: {exc}") from None
+        with tempfile.TemporaryDirectory(prefix="tscope-bench-") as tmp:
+            if sample.source:
+                paths = [self._path(sample.source)] + ([self._path(sample.post_source)] if sample.post_source else [])
+                missing = [str(p) for p in paths if not p.exists()]
+                if missing:
+                    raise Unanswerable(f"source not found: {', '.join(missing)}")
+            else:
+                # No georeferenced source (the official release): answer from the row's image itself, as
+                # `tscope ask` answers a PNG. Fixed file names: the row's own path is never used on disk.
+                paths = []
+                for i, data in enumerate([sample.image] + ([sample.post_image] if sample.post_image else [])):
+                    suffix = ".jpg" if data.startswith(JPEG_MAGIC) else ".png"
+                    paths.append(Path(tmp) / f"t{i + 1}{suffix}")
+                    paths[-1].write_bytes(data)
+            try:
+                scenes = open_scenes(paths)
+                if sample.grid and sample.source:
+                    g = sample.grid
+                    grid = Grid(CRS.from_wkt(g["crs"]), Affine(*g["transform"]), int(g["width"]), int(g["height"]))
+                    scenes = [s.aligned_to(grid) for s in scenes]
+                if scenes[0].grid.units == "px" and (query.task in ("area", "distance") or query.min_area_m2):
+                    raise Unanswerable("no ground size (a plain image without a georeferenced source) for options"
+                                       " in ground units")
+                masks, _ = self.backend.masks_for(scenes[0], query.classes)
+            except TscopeError as exc:
+                raise Unanswerable(f"spectral backend: {exc}") from None
         a = masks[query.classes[0]]
         b = masks[query.classes[1]] if len(query.classes) > 1 else None
         task = query.task

@@ -3,11 +3,13 @@
 Names are STAC ``eo`` common names. A file's bands are identified, in this order, by an explicit
 mapping (``--bands red,green,blue,nir``), a sensor preset (``--sensor``, from
 ``models/sensors.toml``), the band descriptions written in the file (common names, Sentinel-2 band
-ids such as ``B04``, or polarisations), or the colour interpretation of a plain RGB(A) image.
+ids such as ``B04``, or ``B4`` when ``B8A`` is among them, or polarisations), or the colour
+interpretation of a plain RGB(A) image.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
@@ -76,6 +78,24 @@ def normalise_band_name(name: str) -> str | None:
     return None
 
 
+_UNPADDED_ID = re.compile(r"^\s*[bB](\d)\s*$")
+
+
+def _sentinel2_ids(descriptions: tuple[str | None, ...]) -> bool:
+    """Whether a file's descriptions are Sentinel-2 band ids: B8A (the narrow NIR) exists on no other sensor.
+
+    Sentinel-2 files written by GDAL, Google Earth Engine exports and datasets such as Sen1Floods11
+    spell the ids without the zero (B1 ... B12, B8A); with B8A among them, B2 is Sentinel-2's blue, not
+    Landsat's.
+    """
+    return any(d and d.strip().lower() == "b8a" for d in descriptions)
+
+
+def _zero_pad(desc: str) -> str:
+    match = _UNPADDED_ID.match(desc)
+    return f"b0{match.group(1)}" if match else desc
+
+
 @dataclass
 class BandMap:
     """Common name -> 1-based band index in the file, plus where the mapping came from."""
@@ -133,8 +153,9 @@ def identify_bands(
             )
         return BandMap({n: i + 1 for i, n in enumerate(full[:count])}, f"--sensor {sensor}", preset)
     described = {}
+    sentinel2 = _sentinel2_ids(src.descriptions)
     for i, desc in enumerate(src.descriptions, start=1):
-        common = normalise_band_name(desc) if desc else None
+        common = normalise_band_name(_zero_pad(desc) if sentinel2 else desc) if desc else None
         if common and common not in described:
             described[common] = i
     if described:

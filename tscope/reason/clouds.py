@@ -15,8 +15,9 @@ windowed pass that computes the masks: a decimated read of its own would read th
 second time in a file without overviews, and would make the answer depend on whether it has them.
 Each pixel of the analysis grid then takes the class of its cell.
 
-Known limit: dark water looks like cloud shadow, and the model calls much of it shadow; it is then
-excluded with the shadows (and counted in ``cloud_shadow_percent``), as every shadow must be.
+Dark water looks like cloud shadow, and the model calls much of it shadow. Given a water test (the
+``shadow_water`` index of the rules: DSWE's band-comparison tests, which dimming alone does not pass),
+shadow cells that pass it are water under a shadow or dark water, not shadowed land: they are clear.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -43,7 +45,7 @@ MODEL_GSD_M = 30.0
 MAX_SIDE = 512
 BANDS_6 = ("blue", "green", "red", "nir", "swir16", "swir22")
 BANDS_4 = BANDS_6[:4]
-CLOUD, SHADOW = 1, 2  # the model's classes; 0 is clear
+CLEAR, CLOUD, SHADOW = 0, 1, 2  # the model's classes
 
 
 @dataclass(frozen=True)
@@ -174,13 +176,27 @@ def predict(image: np.ndarray, bands: tuple[str, ...], level: str) -> np.ndarray
     return np.ascontiguousarray(out[:rows, :cols])
 
 
-def model_cloud_map(scene: Scene, filled: Preview) -> CloudMap:
-    """Run ukis-csmask's model on ``filled``, the :func:`model_input` of ``scene`` once a pass has filled it."""
+WaterTest = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def model_cloud_map(scene: Scene, filled: Preview, water: WaterTest | None = None) -> CloudMap:
+    """Run ukis-csmask's model on ``filled``, the :func:`model_input` of ``scene`` once a pass has filled it.
+
+    ``water`` maps the coarse image's bands (blue ... swir22, reflectance) to a boolean image: shadow
+    cells where it holds are taken as clear (water), not shadow. It needs the 6-band input.
+    """
     bands = tuple(filled.names)
     level = product_level(scene)
+    raw = {b: filled.band(b) for b in bands}
     # A cell without valid pixels is NaN; a NaN would spread through the convolutions to its neighbours.
-    image = np.stack([np.nan_to_num(filled.band(b), nan=0.0, posinf=0.0, neginf=0.0) for b in bands], axis=-1)
+    image = np.stack([np.nan_to_num(raw[b], nan=0.0, posinf=0.0, neginf=0.0) for b in bands], axis=-1)
     classes = predict(image.astype(np.float32), bands, level)
+    kept_water = ""
+    if water is not None and bands == BANDS_6:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            is_water = np.asarray(water(raw), dtype=bool)
+        classes[(classes == SHADOW) & is_water] = CLEAR
+        kept_water = "; shadow cells that pass DSWE's band-comparison water tests kept as water"
     grid = scene.grid
     gsd = None
     if grid.units == "m":
@@ -188,5 +204,5 @@ def model_cloud_map(scene: Scene, filled: Preview) -> CloudMap:
     version = metadata.version("ukis-csmask")
     grid_text = f"{gsd:g} m grid" if gsd else f"{classes.shape[1]} x {classes.shape[0]} px grid"
     source = (f"ukis-csmask {version} {len(bands)}-band {level.upper()} U-Net (Wieland et al. 2019), "
-              f"clouds and cloud shadows, on a {grid_text}")
+              f"clouds and cloud shadows, on a {grid_text}{kept_water}")
     return CloudMap(classes=classes, factor=filled.factor, source=source, gsd_m=gsd)

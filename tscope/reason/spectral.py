@@ -26,7 +26,7 @@ from tscope.geo.scene import Scene
 from tscope.reason import clouds
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
-from tscope.reason.rules import Rule, RuleSet, evaluate, evaluate_index, load_rules, otsu_from_histogram
+from tscope.reason.rules import Rule, RuleSet, evaluate, evaluate_index, index_bands, load_rules, otsu_from_histogram
 from tscope.reason.solve import solve
 from tscope.reason.trace import SEG, Number, Trace
 
@@ -82,6 +82,15 @@ class SpectralBackend:
         if self.mask_clouds and not model and "cloud" not in classes and scene.kind == "optical":
             cloud = next((r for r in self.rules.rules if r.cls == "cloud" and set(r.needs) <= bands), None)
         return chosen, cloud
+
+    def _shadow_water(self, scene: Scene) -> clouds.WaterTest | None:
+        """The rules' ``shadow_water`` test for the cloud model's shadow cells, when the rules and bands have it."""
+        name = "shadow_water"
+        if name not in self.rules.indices or not index_bands(self.rules.indices, name) <= set(clouds.BANDS_6):
+            return None
+        if not all(scene.has(b) for b in clouds.BANDS_6):
+            return None
+        return lambda bands: evaluate_index(self.rules.indices, name, dict(bands))
 
     def _env(self, bands: dict[str, np.ndarray], rules: Sequence[Rule], extra: dict) -> dict:
         env: dict = dict(bands)
@@ -179,7 +188,8 @@ class SpectralBackend:
                     progress(i + 1, len(windows))
             if loading is not None:
                 loading.result()
-        cloud_map = clouds.model_cloud_map(scene, model_input) if model_input is not None else None
+        cloud_map = (clouds.model_cloud_map(scene, model_input, self._shadow_water(scene))
+                     if model_input is not None else None)
         if cloud_map is not None:
             for window in windows:
                 rows = slice(int(window.row_off), int(window.row_off + window.height))
