@@ -57,6 +57,13 @@ def test_preview_is_the_mean_of_valid_pixels_per_cell():
                 assert preview.band("red")[i, j] == np.float32(values[cell][valid[cell]].mean())
             else:
                 assert not preview.valid[i, j] and np.isnan(preview.band("red")[i, j])
+    # Coarsened by 2 (the cloud model's cells), it is the preview a pass would fill on cells of 6 x 6 px.
+    direct = Preview(grid, ["red"], factor=6)
+    direct.add(Window(0, 0, 11, 10), {"red": values}, valid)
+    coarse = preview.coarsened(2)
+    assert coarse.factor == 6 and coarse.shape == direct.shape == (2, 2)
+    np.testing.assert_allclose(coarse.band("red"), direct.band("red"), rtol=1e-6)
+    assert np.array_equal(coarse.valid, direct.valid)
     # An overlapping window (tiles of the model backend) leaves the means unchanged.
     preview.add(Window(0, 0, 11, 10), {"red": values}, valid)
     assert preview.band("red")[1, 1] == np.float32(values[3:6, 3:6][valid[3:6, 3:6]].mean())

@@ -79,9 +79,10 @@ def _interrupt(signum: int, _frame: object) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Console-script entry: one line on stderr for any failure, and the exit code that says why."""
     debug = bool(os.environ.get("TSCOPE_DEBUG"))
-    # Scenes are read once, window by window: GDAL's default block cache (5% of RAM) would only add
-    # resident memory. Users can still set their own.
-    os.environ.setdefault("GDAL_CACHEMAX", "128")
+    # Scenes are read once, window by window, each read opening the file anew: GDAL's default block
+    # cache (5% of RAM) would only add resident memory. 64 MB holds the blocks of the windows in flight
+    # (two of 1024² x 6 bands of uint16: 24 MB) and of a COG being written. Users can still set their own.
+    os.environ.setdefault("GDAL_CACHEMAX", "64")
     # Ctrl-C and `kill` raise Interrupted, which Typer does not catch (it turns KeyboardInterrupt into
     # an exit code), so every command unwinds through its cleanup and ends here with 128 + signal.
     previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -11,8 +11,9 @@ The model runs once per scene on a coarser grid: cells of ``factor`` x ``factor`
 ``MAX_SIDE`` cells a side (a full Sentinel-2 tile runs at 220 m, 500 px a side: clouds and their
 shadows are hundreds of metres across, and this bounds the model's cost at about a second). Its
 input is a :class:`~tscope.geo.preview.Preview` (the mean of each cell's valid pixels) filled by the
-windowed pass that computes the masks: a decimated read of its own would read the whole scene a
-second time in a file without overviews, and would make the answer depend on whether it has them.
+windowed pass that computes the masks (the quicklook's preview, which holds the model's bands too,
+coarsened): a decimated read of its own would read the whole scene a second time in a file without
+overviews, and would make the answer depend on whether it has them.
 Each pixel of the analysis grid then takes the class of its cell.
 
 Dark water looks like cloud shadow, and the model calls much of it shadow. Given a water test (the
@@ -104,8 +105,9 @@ def usable(scene: Scene) -> bool:
     return scene.kind == "optical" and all(scene.has(b) for b in BANDS_4) and available()
 
 
-def coarse_factor(scene: Scene) -> int:
-    """Side, in analysis-grid pixels, of the model's cells (see the module docstring)."""
+def coarse_factor(scene: Scene, base: int = 1) -> int:
+    """Side, in analysis-grid pixels, of the model's cells (see the module docstring): a multiple of
+    ``base``, so that the cells are whole cells of a preview with that factor."""
     grid = scene.grid
     longest = max(grid.width, grid.height)
     try:
@@ -113,21 +115,24 @@ def coarse_factor(scene: Scene) -> int:
     except Exception:  # noqa: BLE001 - a CRS without a ground metric: take the pixels as they are
         size = MODEL_GSD_M
     factor = max(1, round(MODEL_GSD_M / size)) if grid.units == "m" else 1
-    return max(factor, math.ceil(longest / MAX_SIDE))
+    factor = max(factor, math.ceil(longest / MAX_SIDE))
+    return math.ceil(factor / base) * base
 
 
-def model_input(scene: Scene) -> Preview:
-    """An empty preview of the bands the model takes, on its cells; the caller's windowed pass fills it."""
-    return Preview(scene.grid, _bands(scene), factor=coarse_factor(scene))
+def input_bands(scene: Scene) -> tuple[str, ...]:
+    """The bands the model takes from ``scene``: a preview filled by the caller's pass must hold them."""
+    return BANDS_6 if all(scene.has(b) for b in BANDS_6) else BANDS_4
+
+
+def model_input(filled: Preview, scene: Scene) -> Preview:
+    """The model's input: ``filled`` (holding :func:`input_bands`) on the model's cells."""
+    factor = coarse_factor(scene, filled.factor)
+    return filled.coarsened(factor // filled.factor, input_bands(scene))
 
 
 def load_model(scene: Scene) -> None:
     """Load the model ``scene`` needs (most of a second), e.g. in a thread while the pass runs."""
-    _session(_model_file(_bands(scene), product_level(scene)))
-
-
-def _bands(scene: Scene) -> tuple[str, ...]:
-    return BANDS_6 if all(scene.has(b) for b in BANDS_6) else BANDS_4
+    _session(_model_file(input_bands(scene), product_level(scene)))
 
 
 @cache
@@ -180,7 +185,7 @@ WaterTest = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 def model_cloud_map(scene: Scene, filled: Preview, water: WaterTest | None = None) -> CloudMap:
-    """Run ukis-csmask's model on ``filled``, the :func:`model_input` of ``scene`` once a pass has filled it.
+    """Run ukis-csmask's model on ``filled``, the :func:`model_input` of ``scene``.
 
     ``water`` maps the coarse image's bands (blue ... swir22, reflectance) to a boolean image: shadow
     cells where it holds are taken as clear (water), not shadow. It needs the 6-band input.

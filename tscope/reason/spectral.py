@@ -23,6 +23,7 @@ from tscope.geo.checks import check_scene
 from tscope.geo.mask import Mask
 from tscope.geo.preview import Preview, preview_bands
 from tscope.geo.scene import Scene
+from tscope.memory import release_freed_memory
 from tscope.reason import clouds
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
@@ -50,7 +51,7 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T]
 class SpectralBackend:
     name = "spectral"
 
-    def __init__(self, rules: RuleSet | str | None = None, block: int = 1024, mask_clouds: bool = True,
+    def __init__(self, rules: RuleSet | str | None = None, block: int = 512, mask_clouds: bool = True,
                  workers: int = 2, cloud_model: bool = True):
         self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
         self.block = block
@@ -147,10 +148,10 @@ class SpectralBackend:
         valid_all = np.zeros(shape, dtype=bool)
         nodata_px = cloud_px = shadow_px = 0
         # The quicklook's bands, and the cloud model's input, come from this same pass: no second read.
-        preview = Preview(scene.grid, preview_bands(scene.bands))
-        model_input = clouds.model_input(scene) if use_model else None
-        previews = [preview] + ([model_input] if model_input is not None else [])
-        read_needs = sorted(set(needs).union(*(p.names for p in previews)))
+        shown = preview_bands(scene.bands)
+        preview = Preview(scene.grid, [*shown, *(b for b in clouds.input_bands(scene) if b not in shown)]
+                          if use_model else shown)
+        read_needs = sorted(set(needs) | set(preview.names))
         windows = list(scene.windows(self.block))
         excluding = self.mask_clouds and "cloud" not in classes
 
@@ -158,8 +159,7 @@ class SpectralBackend:
             bands, valid = scene.read(read_needs, window)
             env = self._env(bands, active, thresholds)
             nodata = int(valid.size - np.count_nonzero(valid))
-            for filling in previews:
-                filling.add(window, bands, valid)
+            preview.add(window, bands, valid)
             cloudy = 0
             if cloud_rule is not None:
                 cloud = np.asarray(evaluate(cloud_rule.compiled, env), dtype=bool) & valid
@@ -188,8 +188,9 @@ class SpectralBackend:
                     progress(i + 1, len(windows))
             if loading is not None:
                 loading.result()
-        cloud_map = (clouds.model_cloud_map(scene, model_input, self._shadow_water(scene))
-                     if model_input is not None else None)
+        release_freed_memory()  # the windows' buffers, freed in the workers' arenas
+        cloud_map = (clouds.model_cloud_map(scene, clouds.model_input(preview, scene), self._shadow_water(scene))
+                     if use_model else None)
         if cloud_map is not None:
             for window in windows:
                 rows = slice(int(window.row_off), int(window.row_off + window.height))
