@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import rasterio
+from affine import Affine
+from pyproj import CRS
+from rasterio.enums import Resampling
 
-from tscope.geo.writers import atomic_dir, atomic_path
+from tscope.geo.grid import Grid
+from tscope.geo.mask import Mask
+from tscope.geo.writers import MASK_NODATA, atomic_dir, atomic_path, write_mask_cog
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
@@ -34,3 +41,23 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     with atomic_dir(tmp_path / "new" / "nested") as tmp:
         (tmp / "a").write_text("a")
     assert (tmp_path / "new" / "nested" / "a").read_text() == "a"
+
+
+def test_mask_cog_has_the_cog_drivers_overviews_and_layout(tmp_path):
+    # The overviews are built before the COG copy (the driver computing them cost half the write):
+    # the file must be what the COG driver itself writes, levels, layout and values.
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 399960, 0, -10, 5100000), 1300, 1100)
+    rng = np.random.default_rng(0)
+    data = rng.random(grid.shape) > 0.6
+    valid = np.ones(grid.shape, bool)
+    valid[:40] = False
+    mask = Mask(data=data.copy(), valid=valid, grid=grid, label="water")
+    write_mask_cog(tmp_path / "m.tif", mask)
+    expected = np.where(valid, data.astype(np.uint8), MASK_NODATA)
+    with rasterio.open(tmp_path / "m.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.profile["blockxsize"] == 512 and src.compression.name == "deflate"
+        assert src.overviews(1) == [2, 4]  # halving until one 512-px tile holds it, as the driver does
+        assert np.array_equal(src.read(1), expected)
+        overview = src.read(1, out_shape=(550, 650), resampling=Resampling.nearest)
+    assert np.array_equal(overview, expected[::2, ::2])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
@@ -203,14 +204,29 @@ def _write_cog_file(dst: str | Path, grid: Grid, dtype: str, nodata: float, rows
                 tmp.set_band_description(1, description)
             if tags:
                 tmp.update_tags(1, **tags)
+            # The COG driver's own levels (halving until the image fits one 512-px tile), built here: the
+            # driver computes them a second way, 1.5 s of the 3 s a noisy 10980² mask took to write.
+            levels = _overview_levels(grid.width, grid.height, 512)
+            if levels:
+                tmp.build_overviews(levels, Resampling.nearest)
         with memfile.open() as src, atomic_path(dst) as out:
             # Deflate level 1 and nearest overviews: a full-tile mask takes ~2 s instead of ~10 s with
             # level 6 and mode, for files ~40% larger; both are standard for categorical COGs.
             rasterio.shutil.copy(
-                src, out, driver="COG", compress="DEFLATE", level=1, overview_resampling="nearest",
-                blocksize=512, num_threads="ALL_CPUS",
+                src, out, driver="COG", compress="DEFLATE", level=1, blocksize=512, num_threads="ALL_CPUS",
+                overviews="FORCE_USE_EXISTING" if levels else "NONE",
             )
     return Path(dst)
+
+
+def _overview_levels(width: int, height: int, tile: int) -> list[int]:
+    """Factors 2, 4, ... down to the first level that fits in one ``tile`` x ``tile`` block."""
+    levels: list[int] = []
+    factor = 1
+    while max(width, height) / factor > tile:
+        factor *= 2
+        levels.append(factor)
+    return levels
 
 
 def write_cog(dst: str | Path, array: np.ndarray, mask: Mask, nodata: float = MASK_NODATA,
