@@ -6,6 +6,8 @@
 assets are named by common name (``eo:bands``, else the asset key) and stacked into a GDAL VRT on
 the grid of its finest asset, with each band's scale and offset from ``raster:bands`` and the
 Sentinel-2 processing-baseline rule of ``fetch``; only the windows a question needs are then read.
+Assets located by ground control points (one set shared by all, as Sentinel-1's polarisations share
+theirs) give a VRT located by those GCPs, which the scene then warps (:mod:`tscope.geo.gcps`).
 """
 
 from __future__ import annotations
@@ -117,14 +119,8 @@ def item_vrt(item: Any, display: str) -> Source:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from tscope.stac.load import (
-        CATEGORICAL,
-        S2_DEFAULT_BANDS,
-        SAR_DEFAULT_BANDS,
-        band_scaling,
-        item_bands,
-        refuse_uncalibrated_sar,
-    )
+    from tscope.geo.gcps import located_by_gcps
+    from tscope.stac.load import S2_DEFAULT_BANDS, SAR_DEFAULT_BANDS, item_bands, refuse_uncalibrated_sar
 
     bands = item_bands(item)
     if not bands:
@@ -133,26 +129,56 @@ def item_vrt(item: Any, display: str) -> Source:
     refuse_uncalibrated_sar([item])
     names = [n for n in (SAR_DEFAULT_BANDS if set(bands) & set(SAR_DEFAULT_BANDS) else S2_DEFAULT_BANDS)
              if n in bands] or sorted(bands)
-    sources = {}
+    sources, gcps = {}, {}
     for name in names:
         href = gdal_path(item.assets[bands[name]].href)
         try:
             with rasterio.open(href) as src:
                 sources[name] = (href, src.crs, src.transform, src.width, src.height, src.dtypes[0], src.nodata)
+                if located_by_gcps(src):
+                    gcps[name] = (src.width, src.height, tuple((p.row, p.col, p.x, p.y, p.z) for p in src.gcps[0]),
+                                  src.gcps[1])
         except RasterioIOError as exc:
             raise InputError(f"{display}: asset {bands[name]} cannot be read ({' '.join(str(exc).split())[:200]})") \
                 from None
+    if gcps:
+        return _gcp_vrt(item, display, names, bands, sources, gcps)
     crs = {s[1] for s in sources.values()}
     if len(crs) != 1 or None in crs:
         raise InputError(f"{display}: the item's assets are on different CRSs; fetch it onto one grid with"
                          " `tscope fetch` first")
     finest = min(sources.values(), key=lambda s: abs(s[2].a))
     _, grid_crs, transform, width, height, _, _ = finest
+    georeference = (f"<SRS>{escape(grid_crs.to_wkt())}</SRS>"
+                    f"<GeoTransform>{', '.join(repr(float(v)) for v in transform.to_gdal())}</GeoTransform>")
+    return _vrt(item, display, names, bands, sources, width, height, transform, georeference)
+
+
+def _gcp_vrt(item: Any, display: str, names: list[str], bands: dict[str, str], sources: dict[str, tuple],
+             gcps: dict[str, tuple]) -> Source:
+    """The VRT of an item whose assets are located by one shared set of GCPs: the same pixels, placed
+    by those GCPs (no geotransform)."""
+    from affine import Affine
+
+    if len(gcps) != len(names) or len({g[:3] for g in gcps.values()}) != 1:
+        raise InputError(f"{display}: the item's assets are not all located by the same ground control points;"
+                         " fetch it onto one grid with `tscope fetch` first")
+    width, height, points, crs = next(iter(gcps.values()))
+    projection = f' Projection="{escape(crs.to_wkt(), {chr(34): "&quot;"})}"' if crs is not None else ""
+    georeference = (f"<GCPList{projection}>"
+                    + "".join(f'<GCP Id="{i}" Pixel="{col!r}" Line="{row!r}" X="{x!r}" Y="{y!r}" Z="{z or 0.0!r}"/>'
+                              for i, (row, col, x, y, z) in enumerate(points, start=1))
+                    + "</GCPList>")
+    return _vrt(item, display, names, bands, sources, width, height, Affine.identity(), georeference)
+
+
+def _vrt(item: Any, display: str, names: list[str], bands: dict[str, str], sources: dict[str, tuple], width: int,
+         height: int, transform: Any, georeference: str) -> Source:
+    from tscope.stac.load import CATEGORICAL, band_scaling
+
     floats = any(s[5].startswith("float") for s in sources.values())
     dtype = "Float32" if floats else "UInt16"
-    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
-             f"<SRS>{escape(grid_crs.to_wkt())}</SRS>",
-             f"<GeoTransform>{', '.join(repr(float(v)) for v in transform.to_gdal())}</GeoTransform>"]
+    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">', georeference]
     for index, name in enumerate(names, start=1):
         href, _, src_transform, src_w, src_h, _, nodata = sources[name]
         scale, offset = band_scaling(item, bands[name], name)

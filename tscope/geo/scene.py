@@ -29,6 +29,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from tscope.errors import InputError, RuntimeFailure
+from tscope.geo import gcps
 from tscope.geo.bands import SAR_NAMES, BandMap, identify_bands
 from tscope.geo.grid import BLOCK, Grid, PixelGrid
 from tscope.geo.remote import Source, resolve
@@ -70,6 +71,7 @@ class Scene:
     per_dataset_mask: bool = False
     tags: dict[str, str] = field(default_factory=dict)  # the file's dataset tags, read once at open
     block_shape: tuple[int, int] | None = None  # the file's internal (rows, cols) blocks
+    by_gcps: bool = False  # placed by ground control points: every read is warped (tscope.geo.gcps)
 
     @property
     def bands(self) -> list[str]:
@@ -100,6 +102,8 @@ class Scene:
 
     def _native_window(self, window: Window) -> Window | None:
         """The window of the file under ``window`` of the analysis grid, if no warping is needed."""
+        if self.by_gcps:
+            return None
         offset = self.grid.crop_offset(self.native)
         if offset is None:
             return None
@@ -119,7 +123,7 @@ class Scene:
         tiles and a striped one in bands of whole strips (a narrower window decompresses the strip anyway).
         Blocks much larger than a window (one strip for the whole file) are not worth aligning to.
         """
-        if self.block_shape is None or not self.is_native:
+        if self.block_shape is None or not self.is_native or self.by_gcps:  # warped: no blocks to align to
             return self.grid.windows(size)
         block_rows, block_cols = self.block_shape
         if block_rows * block_cols > 4 * size * size:
@@ -163,6 +167,11 @@ class Scene:
                 by_name, mask_parts = {}, []
                 for resampling, group in groups.items():
                     group_indexes = [self.band_map.indexes[n] for n in group]
+                    if self.by_gcps:
+                        warped, ok = gcps.read_window(src, group_indexes, self.grid, window, resampling, self.nodata)
+                        by_name.update(zip(group, warped, strict=True))
+                        mask_parts.append(ok[None].astype(np.uint8))
+                        continue
                     with WarpedVRT(src, **self._warp_kwargs(resampling)) as vrt:
                         by_name.update(zip(group, vrt.read(group_indexes, window=window), strict=True))
                         mask_parts.append(vrt.read_masks(group_indexes, window=window))
@@ -287,7 +296,8 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         raise InputError(f"{path}: not a raster rasterio can open") from None
     with opened:
         plain = _is_plain(src) and assumed is None
-        if not plain:
+        by_gcps = gcps.located_by_gcps(src)
+        if not plain and not by_gcps:
             if options.gsd is not None:
                 raise InputError(f"--gsd is for plain images without georeferencing; {path.name} is georeferenced")
             if src.crs is None:
@@ -312,6 +322,12 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         if plain:
             grid = PixelGrid(crs=None, transform=Affine.identity(), width=src.width, height=src.height,
                              gsd=options.gsd)
+        elif by_gcps:
+            if options.gsd is not None:
+                raise InputError(f"--gsd is for plain images without georeferencing; {path.name} has ground"
+                                 " control points")
+            grid = gcps.native_grid(src, assumed, str(label))
+            check_pixels(grid.width, grid.height, str(label))
         else:
             grid = _grid_of(src, crs)
         tags = dict(src.tags())
@@ -330,6 +346,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         per_dataset_mask=per_dataset_mask,
         tags=tags,
         block_shape=block_shape,
+        by_gcps=by_gcps,
     )
 
 

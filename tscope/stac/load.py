@@ -13,6 +13,7 @@ get the -0.1 offset. It is applied exactly once, whatever ``raster:bands`` says 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -324,42 +325,30 @@ def write_scene(items: Sequence[Any], geometry: dict, grid: Grid, options: LoadO
 
     odc-stac loads lazily in :data:`BLOCK`-pixel chunks; each block of every band is read, masked
     (nodata, outside the AOI, clouds when asked) and written before the next is read, so memory
-    holds one block whatever the AOI's size. Every read must succeed or this raises RuntimeFailure
-    and writes nothing.
+    holds one block whatever the AOI's size. Assets located by ground control points are read by
+    :class:`GcpReader` instead, block by block too. Every read must succeed or this raises
+    RuntimeFailure and writes nothing.
     """
-    import odc.stac
     import rasterio
-    from odc.geo.geobox import GeoBox
     from rasterio.warp import transform_geom
 
     bands = choose_bands(items, options.bands)
     names = list(bands)
-    box = GeoBox((grid.height, grid.width), grid.transform, grid.crs.to_wkt())
-    resampling = {key: ("nearest" if name in CATEGORICAL else options.resampling) for name, key in bands.items()}
     aoi = transform_geom("EPSG:4326", grid.crs, geometry) if options.clip else None
     scaling = [band_scaling(items[0], bands[n], n) for n in names]
     counts = {"valid": 0, "cloudy": 0, "kept": 0}
     try:
         # odc-stac captures this environment at load() and restores it in every chunk's read task.
-        with rasterio.Env(**gdal_options):
-            ds = odc.stac.load(
-                list(items), bands=list(bands.values()), geobox=box, groupby=lambda item, parsed, idx: 0,
-                resampling=resampling, chunks={"y": BLOCK, "x": BLOCK}, fail_on_error=True,
-                stac_cfg=_stac_cfg(items, bands),
-            )
-            float_out = any(n in SAR_NAMES for n in names) or any(ds[bands[n]].dtype.kind == "f" for n in names)
+        with rasterio.Env(**gdal_options), contextlib.ExitStack() as opened:
+            reader = GcpReader.open(items, bands, grid, options, opened) or _OdcReader(items, bands, grid, options)
+            float_out = any(n in SAR_NAMES for n in names) or any(reader.dtypes[n].kind == "f" for n in names)
             dtype = np.dtype(np.float32 if float_out else np.uint16)
             nodata = float("nan") if float_out else 0.0
-            band_nodata = {n: ds[bands[n]].attrs.get("nodata") for n in names}
+            band_nodata = reader.nodata
 
             def blocks():
                 for window in grid.windows(BLOCK):
-                    rows = slice(window.row_off, window.row_off + window.height)
-                    cols = slice(window.col_off, window.col_off + window.width)
-                    # One chunk of every band, read in this thread: odc-stac hands worker threads the
-                    # GDAL options but not S3 keys (its "session keys"), which only this thread's Env has.
-                    part = ds.isel(time=0, y=rows, x=cols).compute(scheduler="synchronous")
-                    arrays = [np.asarray(part[bands[n]].values) for n in names]
+                    arrays = reader.read(window)
                     inside = None
                     if aoi is not None:
                         inside = _inside(aoi, grid, window)
@@ -385,6 +374,92 @@ def write_scene(items: Sequence[Any], geometry: dict, grid: Grid, options: LoadO
         cloud_percent=cloud_percent, nodata_percent=round(100.0 * (1 - counts["kept"] / pixels), 4),
         dtype=str(dtype),
     )
+
+
+class _OdcReader:
+    """The scene's bands as odc-stac's lazy dataset on the grid, read one block at a time."""
+
+    def __init__(self, items: Sequence[Any], bands: dict[str, str], grid: Grid, options: LoadOptions):
+        import odc.stac
+        from odc.geo.geobox import GeoBox
+
+        box = GeoBox((grid.height, grid.width), grid.transform, grid.crs.to_wkt())
+        resampling = {key: ("nearest" if name in CATEGORICAL else options.resampling) for name, key in bands.items()}
+        self.bands = bands
+        self.ds = odc.stac.load(
+            list(items), bands=list(bands.values()), geobox=box, groupby=lambda item, parsed, idx: 0,
+            resampling=resampling, chunks={"y": BLOCK, "x": BLOCK}, fail_on_error=True,
+            stac_cfg=_stac_cfg(items, bands),
+        )
+        self.dtypes = {n: self.ds[key].dtype for n, key in bands.items()}
+        self.nodata = {n: self.ds[key].attrs.get("nodata") for n, key in bands.items()}
+
+    def read(self, window: Window) -> list[np.ndarray]:
+        rows = slice(window.row_off, window.row_off + window.height)
+        cols = slice(window.col_off, window.col_off + window.width)
+        # One chunk of every band, read in this thread: odc-stac hands worker threads the GDAL options
+        # but not S3 keys (its "session keys"), which only this thread's Env has.
+        part = self.ds.isel(time=0, y=rows, x=cols).compute(scheduler="synchronous")
+        return [np.asarray(part[key].values) for key in self.bands.values()]
+
+
+class GcpReader:
+    """The scene's bands warped by their ground control points onto the grid (tscope.geo.gcps).
+
+    Sentinel-1 GRD files are located by GCPs, whatever ``proj:transform`` their items advertise;
+    odc-stac cannot place them (its GCP fit fails on a regular grid of points), so when any asset of
+    the scene is GCP-located every asset is read with GDAL's GCP transformer, one block at a time,
+    the items mosaicked in order (the first valid pixel wins, as odc-stac's grouping does).
+    """
+
+    def __init__(self, sources: dict[str, list[Any]], grid: Grid, options: LoadOptions):
+        self.sources = sources
+        self.grid = grid
+        self.resampling = {n: ("nearest" if n in CATEGORICAL else options.resampling) for n in sources}
+        self.dtypes = {n: np.dtype(srcs[0].dtypes[0]) for n, srcs in sources.items()}
+        self.nodata = {n: _nodata_of(srcs[0], self.dtypes[n]) for n, srcs in sources.items()}
+
+    @classmethod
+    def open(cls, items: Sequence[Any], bands: dict[str, str], grid: Grid, options: LoadOptions,
+             opened: contextlib.ExitStack) -> GcpReader | None:
+        """A reader when any asset to read is GCP-located, else None (the header of each asset is
+        read once; GDAL's /vsicurl/ cache serves it again to odc-stac)."""
+        import rasterio
+
+        from tscope.geo.gcps import located_by_gcps
+        from tscope.geo.remote import gdal_path
+
+        sources = {name: [opened.enter_context(rasterio.open(gdal_path(item.assets[key].href))) for item in items]
+                   for name, key in bands.items()}
+        if not any(located_by_gcps(src) for srcs in sources.values() for src in srcs):
+            return None
+        return cls(sources, grid, options)
+
+    def read(self, window: Window) -> list[np.ndarray]:
+        from rasterio.enums import Resampling
+
+        from tscope.geo.gcps import read_window
+
+        arrays = []
+        for name, srcs in self.sources.items():
+            nodata = self.nodata[name]
+            out, filled = None, None
+            for src in srcs:
+                block, valid = read_window(src, [1], self.grid, window, Resampling[self.resampling[name]], nodata)
+                if out is None:
+                    out, filled = block[0], valid
+                else:
+                    out = np.where(filled, out, block[0])
+                    filled |= valid
+            arrays.append(out)
+        return arrays
+
+
+def _nodata_of(src: Any, dtype: np.dtype) -> float:
+    """The asset's nodata, else what odc-stac assumes for these items (NaN for floats, 0 for integers)."""
+    if src.nodata is not None:
+        return float(src.nodata)
+    return float("nan") if dtype.kind == "f" else 0.0
 
 
 def _mask_block(names: list[str], arrays: list[np.ndarray], band_nodata: dict[str, Any], dtype: np.dtype,
