@@ -62,6 +62,10 @@ def test_stac_item_url_and_file(server, tmp_path):
     item.write_text(json.dumps(server.item_json(iid)))
     by_file = answer(item, Q, out=tmp_path / "file")
     assert by_file["numbers"] == by_url["numbers"]
+    for folder in ("url", "file"):  # the item's acquisition time, not the Unix epoch
+        record = json.loads((tmp_path / folder / "item.json").read_text())["properties"]
+        assert record["datetime"] == "2015-08-20T10:00:16Z" and record["tscope:acquisition_source"] == {
+            "t1": "STAC item"}
     local = answer(EXAMPLES / "slovenia_s2.tif", Q, "--no-cloud-mask", out=tmp_path / "local")
     # The item's DNs carry the +1000 baseline offset; read with its -0.1, they are the local file's values.
     assert by_url["numbers"]["coverage_percent"]["value"] == pytest.approx(

@@ -114,6 +114,11 @@ def test_earth_search_fetch_writes_stac_items(earth_search, tmp_path):
         if flags:
             assert "--l2a-offset is not applied again" in asked.stderr
     plain, offset = answers[()], answers[("--l2a-offset",)]
+    # The answer's record carries the items' acquisition times, as the sidecar does.
+    answered = json.loads((tmp_path / "ans0" / "item.json").read_text())["properties"]
+    assert [answered[k] for k in ("datetime", "start_datetime", "end_datetime")] == [
+        record["properties"][k] for k in ("datetime", "start_datetime", "end_datetime")]
+    assert answered["start_datetime"] < answered["end_datetime"]  # two items, two times
     assert offset["numbers"]["coverage_percent"] == plain["numbers"]["coverage_percent"]
     assert plain["numbers"]["coverage_percent"]["value"] > 50  # the west half, under clear SCL
     assert plain["numbers"]["cloud_percent"]["value"] == pytest.approx(scene["aoi_cloud_percent"], abs=0.01)

@@ -178,7 +178,7 @@ def _vrt(item: Any, display: str, names: list[str], bands: dict[str, str], sourc
 
     floats = any(s[5].startswith("float") for s in sources.values())
     dtype = "Float32" if floats else "UInt16"
-    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">', georeference]
+    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">', georeference, _time_metadata(item)]
     for index, name in enumerate(names, start=1):
         href, _, src_transform, src_w, src_h, _, nodata = sources[name]
         scale, offset = band_scaling(item, bands[name], name)
@@ -199,6 +199,19 @@ def _vrt(item: Any, display: str, names: list[str], bands: dict[str, str], sourc
             + "</ComplexSource></VRTRasterBand>")
     parts.append("</VRTDataset>")
     return Source("".join(parts), display=display)
+
+
+def _time_metadata(item: Any) -> str:
+    """The item's acquisition time as VRT metadata (``STAC_DATETIME``, ``STAC_START_DATETIME``,
+    ``STAC_END_DATETIME``), so the answer's record carries it (tscope.stac.acquired)."""
+    from datetime import UTC
+
+    common = item.common_metadata
+    stamps = {"STAC_DATETIME": item.datetime, "STAC_START_DATETIME": common.start_datetime,
+              "STAC_END_DATETIME": common.end_datetime}
+    entries = "".join(f'<MDI key="{key}">{when.astimezone(UTC).isoformat()}</MDI>'
+                      for key, when in stamps.items() if when is not None)
+    return f"<Metadata>{entries}</Metadata>" if entries else ""
 
 
 def record_path(path: str | Path, base: Path, root: Path | None = None) -> str:

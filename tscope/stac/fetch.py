@@ -29,7 +29,6 @@ from tscope.stac.load import (
     group_items,
     items_crs,
     refuse_uncalibrated_sar,
-    solar_date,
     write_scene,
 )
 from tscope.stac.names import safe_name
@@ -109,7 +108,7 @@ def _write_scenes(groups: list[list[Any]], names: list[str], request: FetchReque
     scenes = []
     for done, (group, name) in enumerate(zip(groups, names, strict=True)):
         log.info("loading %s (%d item(s))", name, len(group))
-        tags = {"ACQUISITION": solar_date(group[0]), "STAC_ITEMS": ",".join(i.id for i in group),
+        tags = {**_acquisition_tags(group), "STAC_ITEMS": ",".join(i.id for i in group),
                 "COLLECTION": group[0].collection_id or query["search"]["collection"], "CATALOG": catalog.url,
                 "SOFTWARE": f"tscope {__version__}"}
         scene = write_scene(group, request.search.geometry, grid, request.load, gdal_options,
@@ -129,3 +128,19 @@ def _write_scenes(groups: list[list[Any]], names: list[str], request: FetchReque
         if progress:
             progress(done + 1, len(groups))
     return scenes
+
+
+def _acquisition_tags(group: list[Any]) -> dict[str, str]:
+    """When the scene's items were acquired, in UTC, as the sidecar's ``datetime`` (the first item) and,
+    for several items, ``start_datetime``/``end_datetime``: what ``tscope ask`` records in item.json."""
+    stamps = sorted(i.datetime or i.common_metadata.start_datetime for i in group)
+    tags = {"ACQUISITION": _utc(group[0].datetime or group[0].common_metadata.start_datetime)}
+    if len(group) > 1:
+        tags |= {"ACQUISITION_START": _utc(stamps[0]), "ACQUISITION_END": _utc(stamps[-1])}
+    return tags
+
+
+def _utc(when: Any) -> str:
+    from datetime import UTC
+
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tscope import __version__
+from tscope.stac.acquired import acquisition
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 _DTYPES = {"uint8": "uint8", "uint16": "uint16", "int16": "int16", "float32": "float32", "float64": "float64"}
@@ -78,7 +79,7 @@ def scene_item(scene: Any, sources: Sequence[Any], geometry: dict, properties: d
     props |= {f"tscope:{k}": v for k, v in properties.items()} | {"tscope:version": __version__}
     if len(sources) > 1:
         stamps = sorted(i.datetime or i.common_metadata.start_datetime for i in sources)
-        props |= {"start_datetime": stamps[0].isoformat(), "end_datetime": stamps[-1].isoformat()}
+        props |= {"start_datetime": _stamp(stamps[0]), "end_datetime": _stamp(stamps[-1])}
     item = pystac.Item(id=scene.path.stem, geometry=geometry, bbox=_bbox(geometry), datetime=when,
                        properties=props, collection=None)
     _projection(item, scene.grid)
@@ -116,15 +117,18 @@ def answer_item(trace: Any, scenes: Sequence[Any], out: Path, inputs: Sequence[s
     grid = scenes[0].grid
     # A plain image (no CRS) is an Item without geometry, as STAC allows.
     geometry = _footprint(grid) if grid.crs is not None else None
-    acquired = [_acquisition(s) for s in scenes]
+    acquired = [acquisition(s.tags, s.path) for s in scenes]
     props: dict[str, Any] = {"tscope:question": trace.question, "tscope:answer": trace.answer,
                              "tscope:task": trace.query.task, "tscope:backend": trace.backend,
                              "tscope:version": __version__,
                              "tscope:numbers": {k: {"value": v.value, "unit": v.unit}
                                                 for k, v in trace.numbers.items()}}
-    if len(acquired) > 1:
-        props |= {"start_datetime": min(acquired).isoformat(), "end_datetime": max(acquired).isoformat()}
-    when = acquired[0] if len(acquired) == 1 else None
+    props["tscope:acquisition_source"] = {s.frame: a.source for s, a in zip(scenes, acquired, strict=True)}
+    when = acquired[0].when if len(acquired) == 1 else None
+    start, end = min(a.start for a in acquired), max(a.end for a in acquired)
+    if when is None or start != end:
+        # An interval, or nothing known: STAC's way is datetime null with start and end (see docs/outputs.md).
+        props |= {"start_datetime": _stamp(start), "end_datetime": _stamp(end)}
     item = pystac.Item(id=out.name or "answer", geometry=geometry, bbox=_bbox(geometry) if geometry else None,
                        datetime=when, properties=props)
     if grid.crs is not None:
@@ -156,19 +160,9 @@ def answer_item(trace: Any, scenes: Sequence[Any], out: Path, inputs: Sequence[s
     return item
 
 
-def _acquisition(scene: Any) -> datetime:
-    """When the scene was taken: fetch's ``ACQUISITION`` tag, else the TIFF ``DATETIME`` tag, else the
-    file's modification time (a STAC Item must carry a date; these are stable across reruns, so batch
-    outputs stay byte-identical), else, for a remote scene without either tag, the Unix epoch."""
-    tags = scene.tags  # read when the scene was opened: writing the record opens nothing
-    for key, fmt in (("ACQUISITION", "%Y-%m-%d"), ("TIFFTAG_DATETIME", "%Y:%m:%d %H:%M:%S")):
-        try:
-            return datetime.strptime(tags[key], fmt).replace(tzinfo=UTC)
-        except (KeyError, ValueError):
-            continue
-    local = isinstance(scene.path, Path) and scene.path.is_file()  # not a URL, /vsi path or VRT XML
-    stamp = scene.path.stat().st_mtime if local else 0.0
-    return datetime.fromtimestamp(int(stamp), UTC)
+def _stamp(when: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as pystac writes ``datetime`` (the year zero-padded: 0001)."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def item_collection(items: Sequence[Any]) -> dict:
