@@ -235,3 +235,26 @@ def test_ask_and_stack_warp_gcp_located_files(tmp_path):
         vv1 = np.where(t1.read_masks(1) > 0, t1.read(1).astype(float), np.nan)
         vv2 = np.where(t2.read_masks(1) > 0, t2.read(1).astype(float), np.nan)
     assert_same_places(vv1, vv2, threshold=float(np.nanmean([np.nanmax(vv1), np.nanmin(vv1)])), border=6)
+
+
+def test_gcps_without_a_crs_take_assume_crs(tmp_path):
+    truth, twin, bare = tmp_path / "truth.tif", tmp_path / "twin.tif", tmp_path / "bare.vrt"
+    db_scene(truth)
+    gcp_twin(truth, twin)
+    with rasterio.open(twin) as src:
+        points, size = src.gcps[0], (src.width, src.height)
+    # A VRT of the twin whose GCPs name no CRS (rasterio cannot write such GCPs into a GeoTIFF).
+    gcps = "".join(f'<GCP Id="{i}" Pixel="{p.col}" Line="{p.row}" X="{p.x}" Y="{p.y}"/>' for i, p in enumerate(points))
+    bands = "".join(f'<VRTRasterBand dataType="Float32" band="{b}"><Description>{name}</Description>'
+                    f"<NoDataValue>-9999</NoDataValue><SimpleSource><SourceFilename>{twin}</SourceFilename>"
+                    f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+                    for b, name in ((1, "vv"), (2, "vh")))
+    bare.write_text(f'<VRTDataset rasterXSize="{size[0]}" rasterYSize="{size[1]}"><GCPList>{gcps}</GCPList>'
+                    f"{bands}</VRTDataset>")
+    refused = run_cli("ask", bare, "What percentage of the image is covered by water?", "--out", tmp_path / "no")
+    assert refused.returncode == 2 and "ground control points have no CRS; pass --assume-crs" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and not (tmp_path / "no").exists()
+    ask_water(bare, tmp_path / "yes", "--assume-crs", "EPSG:4326")
+    ask_water(truth, tmp_path / "truth")
+    box, pixel = water_bounds(tmp_path / "truth")
+    assert np.all(np.abs(water_bounds(tmp_path / "yes")[0] - box) <= pixel * 1.01)

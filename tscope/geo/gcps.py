@@ -53,8 +53,9 @@ def native_grid(src: rasterio.DatasetReader, assumed: CRS | None, label: str) ->
 
 
 def read_window(src: rasterio.DatasetReader, indexes: Sequence[int], grid: Grid, window: Window,
-                resampling: Resampling, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Bands ``indexes`` of ``src`` warped by its GCPs onto ``window`` of ``grid``.
+                resampling: Resampling, nodata: float | None, crs: CRS | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bands ``indexes`` of ``src`` warped by its GCPs onto ``window`` of ``grid``; ``crs`` names the
+    GCPs' CRS when the file does not (--assume-crs).
 
     Returns ``(bands, rows, cols)`` in the file's data type, ``nodata`` (else 0 or NaN) where no valid
     source pixel lands, and the ``(rows, cols)`` mask of pixels valid in every band. The warp works in
@@ -64,7 +65,8 @@ def read_window(src: rasterio.DatasetReader, indexes: Sequence[int], grid: Grid,
     work = np.full(shape, np.nan, dtype=np.complex128 if np.dtype(src.dtypes[0]).kind == "c" else np.float64)
     reproject(rasterio.band(src, list(indexes)), work, src_nodata=nodata, dst_nodata=np.nan,
               dst_crs=grid.crs, dst_transform=window_transform(window, grid.transform),
-              resampling=resampling, init_dest_nodata=True, **TRANSFORMER)
+              resampling=resampling, init_dest_nodata=True, **TRANSFORMER,
+              **({"SRC_SRS": crs.to_string()} if crs is not None and src.gcps[1] is None else {}))
     valid = np.all(np.isfinite(work), axis=0)
     dtype = np.dtype(src.dtypes[indexes[0] - 1])
     fill = nodata if nodata is not None else (np.nan if dtype.kind in "fc" else 0)

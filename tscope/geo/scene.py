@@ -72,6 +72,7 @@ class Scene:
     tags: dict[str, str] = field(default_factory=dict)  # the file's dataset tags, read once at open
     block_shape: tuple[int, int] | None = None  # the file's internal (rows, cols) blocks
     by_gcps: bool = False  # placed by ground control points: every read is warped (tscope.geo.gcps)
+    assumed_crs: Any = None  # --assume-crs, for GCPs that name no CRS
 
     @property
     def bands(self) -> list[str]:
@@ -168,7 +169,8 @@ class Scene:
                 for resampling, group in groups.items():
                     group_indexes = [self.band_map.indexes[n] for n in group]
                     if self.by_gcps:
-                        warped, ok = gcps.read_window(src, group_indexes, self.grid, window, resampling, self.nodata)
+                        warped, ok = gcps.read_window(src, group_indexes, self.grid, window, resampling, self.nodata,
+                                                      self.assumed_crs)
                         by_name.update(zip(group, warped, strict=True))
                         mask_parts.append(ok[None].astype(np.uint8))
                         continue
@@ -347,6 +349,7 @@ def open_scene(path: str | Path, options: ReadOptions | None = None, frame: str 
         tags=tags,
         block_shape=block_shape,
         by_gcps=by_gcps,
+        assumed_crs=assumed,
     )
 
 
