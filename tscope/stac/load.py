@@ -150,9 +150,10 @@ def _signature(item: Any, bands: dict[str, str]) -> tuple:
 
 
 def refuse_uncalibrated_sar(items: Sequence[Any]) -> None:
-    """Sentinel-1 GRD as Earth Search serves it is uint16 amplitude, uncalibrated and located by ground
-    control points: reading it as backscatter would give wrong numbers with no warning. tscope reads
-    calibrated, terrain-corrected backscatter (float), such as the Planetary Computer's RTC."""
+    """Sentinel-1 GRD as Earth Search serves it is uint16 amplitude, uncalibrated: reading it as
+    backscatter would give wrong numbers with no warning (its ground-control-point location alone is
+    handled, see :class:`GcpReader`). tscope reads calibrated backscatter (float), such as the
+    Planetary Computer's RTC."""
     for item in items:
         sar = {n: k for n, k in item_bands(item).items() if n in SAR_NAMES}
         for key in sar.values():
