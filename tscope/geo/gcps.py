@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
@@ -72,8 +71,3 @@ def read_window(src: rasterio.DatasetReader, indexes: Sequence[int], grid: Grid,
     fill = nodata if nodata is not None else (np.nan if dtype.kind in "fc" else 0)
     return np.where(valid, work, fill).astype(dtype), valid
 
-
-def coarse(grid: Grid, shape: tuple[int, int]) -> Grid:
-    """``grid``'s extent in ``shape`` pixels (for decimated overview reads)."""
-    scale = Affine.scale(grid.width / shape[1], grid.height / shape[0])
-    return Grid(crs=grid.crs, transform=grid.transform * scale, width=shape[1], height=shape[0])
