@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import transform as warp_points
 from scipy import ndimage
 
@@ -65,7 +67,10 @@ def gcp_twin(path: Path, dst: Path, bend: float = 0.0, points: int = 7) -> None:
             for (row, col), lon, lat in zip(grid, lons, lats, strict=True)]
     profile = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype, nodata=nodata, tiled=True,
                    blockxsize=64, blockysize=64, compress="DEFLATE")
-    with rasterio.open(dst, "w", **profile) as out:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # placed by the GCPs set next
+        out = rasterio.open(dst, "w", **profile)
+    with out:
         out.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
         out.write(bent)
         out.descriptions = descriptions
