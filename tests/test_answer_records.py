@@ -86,7 +86,7 @@ def test_acquisition_sources(tmp_path):
     assert (safe.start, safe.end, safe.when) == (at("2024-04-19T04:59:04.123456"), at("2024-04-19T04:59:16.5"), None)
     s2 = acquisition({"PRODUCT_START_TIME": "2015-08-13T10:24:06.637Z",
                       "PRODUCT_STOP_TIME": "2015-08-13T10:24:06.637Z"})
-    assert s2.start == s2.end == at("2015-08-13T10:24:06.637")
+    assert s2.start == s2.end == s2.when == at("2015-08-13T10:24:06.637")  # one instant
     assert acquisition({"ACQUISITION_START_TIME": "UNK", "ACQUISITION_STOP_TIME": "UNK"}).source == "unknown"
     # fetch's tags: the first item's time, and the items' range for a mosaic.
     mosaic = acquisition({"ACQUISITION": "2025-07-31T13:02:45Z", "ACQUISITION_START": "2025-07-31T13:02:45Z",

@@ -65,7 +65,7 @@ def _pair(tags: dict[str, str], start_key: str, end_key: str, source: str, when:
     if start is None and end is None:
         return None
     start, end = start or end, end or start
-    return Acquired(min(start, end), max(start, end), source, when)
+    return Acquired(min(start, end), max(start, end), source, when or (start if start == end else None))
 
 
 def _instant(when: datetime | None, source: str) -> Acquired | None:
