@@ -26,6 +26,8 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from tscope.reason import clouds
+
 BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 # Surface reflectance per class for BANDS (water, forest, grassland, built-up, bare soil).
 SPECTRA = np.array([
@@ -36,8 +38,8 @@ SPECTRA = np.array([
     [0.10, 0.14, 0.20, 0.25, 0.35, 0.30],
 ], dtype=np.float32)
 # Every single-scene question type, with the bands it reads at full resolution: its rules' bands plus
-# red, green and blue for the quicklook. Water (USGS DSWE) needs all six; the cloud model, when
-# installed, also reads the six once from the overviews, which the bare read does not count.
+# red, green and blue for the quicklook. Water (USGS DSWE) needs all six; so does the cloud model when the
+# clouds extra is installed (its input comes from the same pass), and the baseline then reads all six.
 FIVE = ["blue", "green", "red", "nir", "swir16"]
 QUESTIONS = {
     "coverage": ("What percentage of the image is covered by forest?", FIVE),
@@ -150,6 +152,7 @@ def main() -> None:
                       file=sys.stderr)
             for task in args.tasks.split(","):
                 question, needs = QUESTIONS[task]
+                needs = BANDS if clouds.available() else needs
                 read_s, _, _, _ = _measure(READ_BASELINE, str(tile), ",".join(needs))
                 out = args.workdir / f"out_{size}_{variant}_{task}"
                 ask_s, rss, stdout, import_s = _measure(ASK, "ask", str(tile), question, "--out", str(out),
