@@ -171,6 +171,24 @@ def test_count_with_minimum_size():
     assert default.region_areas_m2[0] == pytest.approx(900 / K0**2, rel=1e-4)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_regions_labelled_in_strips_are_the_regions_of_the_whole_mask(monkeypatch, seed):
+    # Strips of 3 rows: snakes and U shapes cross many strip boundaries and join only further down.
+    from scipy import ndimage
+
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 500000, 0, -10, 5_000_000), 37, 29)
+    data = np.random.default_rng(seed).random(grid.shape) > 0.45
+    data[:, 3] = data[:, 9] = True
+    data[-1, 3:10] = True  # a U whose arms meet only in the last row
+    m = mask(grid, data)
+    labels, n = ndimage.label(m.counted, structure=measures.CONNECTIVITY)
+    whole = sorted(np.bincount(labels.ravel())[1:] * 100 / K0**2, reverse=True)
+    monkeypatch.setattr(measures, "REGION_STRIP", 3)
+    strips = measures.count(m, min_area=0)
+    assert strips.count == n
+    np.testing.assert_allclose(strips.region_areas_m2, whole, rtol=1e-3)
+
+
 def test_existence():
     assert not measures.existence(mask(UTM, [(0, 0)])).present  # one pixel is noise
     assert measures.existence(mask(UTM, [(0, 0)]), min_area=0).present

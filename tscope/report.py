@@ -338,7 +338,7 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
     layers = []
     colours = class_colours(trace)
     # COG encoding runs in GDAL without the GIL: write the rasters (one at a time, to bound memory)
-    # while Python builds the polygons.
+    # while Python builds the polygons and draws the quicklook.
     with ThreadPoolExecutor(max_workers=1) as pool:
         cogs = []
         for mask_id, mask in trace.masks.items():
@@ -352,6 +352,13 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
         try:
             written = (writers.write_geojson_features(made.add(out / "masks.geojson"), layers)
                        if georeferenced else {})
+            quicklooks = []
+            for scene in scenes:
+                name = "quicklook.png" if len(scenes) == 1 else f"quicklook_{scene.frame}.png"
+                image = quicklook(scene, trace, scene.frame)
+                with writers.atomic_path(made.add(out / name)) as tmp:
+                    image.save(tmp, format="PNG", compress_level=1)  # 5x faster than the default, ~20 % larger
+                quicklooks.append(name)
         finally:
             for future in cogs:
                 if not future.cancel():
@@ -363,13 +370,6 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
         trace.outputs["geojson"] = "masks.geojson"
     else:
         trace.notes.append("plain image (no georeferencing): no masks.geojson; masks/*.tif are on the image's pixels")
-    quicklooks = []
-    for scene in scenes:
-        name = "quicklook.png" if len(scenes) == 1 else f"quicklook_{scene.frame}.png"
-        image = quicklook(scene, trace, scene.frame)
-        with writers.atomic_path(made.add(out / name)) as tmp:
-            image.save(tmp, format="PNG", compress_level=1)  # 5x faster than the default level, ~20 % larger
-        quicklooks.append(name)
     trace.outputs["quicklook"] = ",".join(quicklooks)
     trace.outputs["report"] = "answer.md"
     trace.outputs["json"] = "answer.json"
