@@ -11,7 +11,7 @@ from rasterio.enums import Resampling
 
 from tscope.geo.grid import Grid
 from tscope.geo.mask import Mask
-from tscope.geo.writers import MASK_NODATA, atomic_dir, atomic_path, write_mask_cog
+from tscope.geo.writers import MASK_NODATA, atomic_dir, atomic_path, sweep_partials, write_mask_cog
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
@@ -61,3 +61,8 @@ def test_mask_cog_has_the_cog_drivers_overviews_and_layout(tmp_path):
         assert np.array_equal(src.read(1), expected)
         overview = src.read(1, out_shape=(550, 650), resampling=Resampling.nearest)
     assert np.array_equal(overview, expected[::2, ::2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]  # the staged copy is gone
+    # A killed run's staged copy is hidden and named after its output: the next run sweeps it.
+    left = tmp_path / ".m.tif.k9x_2abc.partial.tif"
+    left.write_bytes(b"")
+    assert sweep_partials(tmp_path, ["m.tif"]) == [left]

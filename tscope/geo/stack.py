@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,7 @@ from tscope.geo.grid import Grid
 from tscope.geo.remote import record_path
 from tscope.geo.scene import CATEGORICAL_BANDS as CATEGORICAL
 from tscope.geo.scene import ReadOptions, Scene, analysis_grid, open_scene
-from tscope.geo.writers import atomic_path, rollback_on_failure, sweep_partials, write_json
+from tscope.geo.writers import atomic_path, rollback_on_failure, scratch_path, sweep_partials, write_json
 from tscope.limits import check_pixels
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max", "med")
@@ -158,7 +156,7 @@ def write_blocks_cog(dst: str | Path, grid: Grid, names: Sequence[str], dtype: s
     dst = Path(dst)
     profile = _profile(grid, len(names), np.dtype(dtype).name, nodata) | dict(compress="DEFLATE", zlevel=1,
                                                                               bigtiff="IF_SAFER")
-    with _scratch(dst.parent, dst.stem) as tmp, rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_BYTES):
+    with scratch_path(dst.parent / dst.stem) as tmp, rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_BYTES):
         with rasterio.open(tmp, "w", **profile) as out:
             _describe(out, names, tags)
             for i, extra in enumerate(band_tags or (), start=1):
@@ -189,18 +187,6 @@ def _copy_cog(src: rasterio.io.DatasetReader, dst: str | Path, categorical: bool
                              overview_resampling="nearest" if categorical else "average")
 
 
-@contextlib.contextmanager
-def _scratch(folder: Path, name: str) -> Iterator[Path]:
-    """A hidden scratch file in ``folder`` (beside the outputs, same file system), always removed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial.tif", dir=folder)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _masked(values: dict[str, np.ndarray], valid: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.stack([np.where(valid | (n in CATEGORICAL), values[n], np.nan) for n in names]).astype(np.float32)
 
@@ -209,7 +195,7 @@ def _masked(values: dict[str, np.ndarray], valid: np.ndarray, names: Sequence[st
 def _physical_copy(scene: Scene, names: Sequence[str], folder: Path) -> Iterator[Path]:
     """``scene``'s bands as physical float32 values on its own grid, in a scratch GeoTIFF."""
     native = scene.aligned_to(scene.native)
-    with _scratch(folder, f"{scene.frame}.physical") as tmp:
+    with scratch_path(folder / f"{scene.frame}.physical") as tmp:
         with rasterio.open(tmp, "w", **_profile(native.grid, len(names))) as dst:
             for window in native.grid.windows(BLOCK * 2):
                 values, valid = native.read(names, window)
