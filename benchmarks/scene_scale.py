@@ -1,19 +1,23 @@
 """Scene scale: wall time and peak RSS of `tscope ask` beside a bare rasterio read of the same bands.
 
     python benchmarks/scene_scale.py [--sizes 2048,10980] [--overviews with,without] [--tasks ...] [--workdir DIR]
+                                     [--repeat N]
 
 Builds (once, cached in --workdir) a synthetic 6-band uint16 Sentinel-2 L2A-like scene per size, tiled
 512 x 512 and deflate-compressed, in two files: one with internal overviews like the COGs STAC catalogues
 serve, one without (most user files and many archive products). Values are synthetic (smooth random
 land-cover fields with per-class spectra and noise) but the I/O and compute are those of a real tile.
 Each question runs in a fresh process; the baseline, also in a fresh process, only reads the bands that
-question needs, window by window, with rasterio. Prints one Markdown table.
+question needs, window by window, with rasterio. Prints one Markdown table; with --repeat N, each row is
+the median of N alternating runs (times, ratio) and the largest peak RSS, since a shared machine's
+times vary by a fifth from one run to the next.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +141,8 @@ def main() -> None:
     parser.add_argument("--overviews", default="with,without")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tscope-bench")
     parser.add_argument("--tasks", default=",".join(QUESTIONS))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each pair (bare read, ask) this many times, alternating; report the medians")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print("| scene | overviews | question | bands read | bare read (s) | tscope ask (s) | ratio | peak RSS ask (MiB) |"
@@ -153,13 +159,18 @@ def main() -> None:
             for task in args.tasks.split(","):
                 question, needs = QUESTIONS[task]
                 needs = BANDS if clouds.available() else needs
-                read_s, _, _, _ = _measure(READ_BASELINE, str(tile), ",".join(needs))
                 out = args.workdir / f"out_{size}_{variant}_{task}"
-                ask_s, rss, stdout, import_s = _measure(ASK, "ask", str(tile), question, "--out", str(out),
-                                                        "--overwrite", "--json", "-q")
+                runs = []
+                for _ in range(args.repeat):
+                    read_s, _, _, _ = _measure(READ_BASELINE, str(tile), ",".join(needs))
+                    ask_s, rss, stdout, import_s = _measure(ASK, "ask", str(tile), question, "--out", str(out),
+                                                            "--overwrite", "--json", "-q")
+                    runs.append((read_s, ask_s, ask_s / read_s, rss, import_s))
+                read_s, ask_s, ratio, _, import_s = (statistics.median(column) for column in zip(*runs, strict=True))
+                rss = max(run[3] for run in runs)
                 answer = json.loads(stdout)["answer"]
                 print(f"| {size}² | {variant} | {task} | {len(needs)} | {read_s:.1f} | {ask_s:.1f} |"
-                      f" {ask_s / read_s:.2f} | {rss / 2**20:.0f} | {import_s:.1f} | {answer} |", flush=True)
+                      f" {ratio:.2f} | {rss / 2**20:.0f} | {import_s:.1f} | {answer} |", flush=True)
 
 
 if __name__ == "__main__":
