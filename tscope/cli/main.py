@@ -81,7 +81,7 @@ def run(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("TSCOPE_DEBUG"))
     # Scenes are read once, window by window, each read opening the file anew: GDAL's default block
     # cache (5% of RAM) would only add resident memory. 64 MB holds the blocks of the windows in flight
-    # (two of 1024² x 6 bands of uint16: 24 MB) and of a COG being written. Users can still set their own.
+    # (four of 512² x 6 bands of uint16: 12 MB) and of a COG being written. Users can still set their own.
     os.environ.setdefault("GDAL_CACHEMAX", "64")
     # Ctrl-C and `kill` raise Interrupted, which Typer does not catch (it turns KeyboardInterrupt into
     # an exit code), so every command unwinds through its cleanup and ends here with 128 + signal.
