@@ -26,6 +26,7 @@ from affine import Affine
 from pyproj import Geod
 from rasterio.features import shapes
 
+from tscope.geo.cells import cell_sums
 from tscope.geo.mask import Mask
 
 # About 2.5 MB of GeoJSON: enough to check the masks in a GIS; the full detail is in the COG masks.
@@ -53,11 +54,7 @@ class Polygons:
 
 
 def decimate(pixels: np.ndarray, factor: int) -> np.ndarray:
-    """Majority of each ``factor`` x ``factor`` cell, strip by strip (no full-size temporaries).
-
-    Strided adds (each pixel touched about twice) rather than a reshaped sum over two axes, which
-    costs several times more.
-    """
+    """Majority of each ``factor`` x ``factor`` cell, strip by strip (no full-size temporaries)."""
     rows, cols = pixels.shape[0] // factor, pixels.shape[1] // factor
     out = np.zeros((rows, cols), dtype=bool)
     dtype = np.uint16 if factor <= 255 else np.uint32
@@ -65,13 +62,7 @@ def decimate(pixels: np.ndarray, factor: int) -> np.ndarray:
     for r in range(0, rows, strip):
         r1 = min(rows, r + strip)
         block = pixels[r * factor : r1 * factor, : cols * factor].view(np.uint8)
-        lines = block[0::factor].astype(dtype)
-        for k in range(1, factor):
-            lines += block[k::factor]
-        cells = lines[:, 0::factor].copy()
-        for k in range(1, factor):
-            cells += lines[:, k::factor]
-        out[r:r1] = cells * 2 >= factor * factor
+        out[r:r1] = cell_sums(block, factor, dtype) * 2 >= factor * factor
     return out
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from rasterio.windows import Window
 
+from tscope.geo.cells import cell_sums
 from tscope.geo.grid import Grid
 from tscope.geo.scene import Scene
 
@@ -42,11 +43,7 @@ class Preview:
         self._lock = threading.Lock()  # passes add windows from several threads; cells may be shared
 
     def _cell_sums(self, values: np.ndarray, row_off: int, col_off: int, dtype: type) -> np.ndarray:
-        """Sums of ``values`` (a window at ``row_off, col_off``) per cell the window touches.
-
-        Strided adds, one per row and column of a cell: each pixel is touched about twice, where
-        ``np.add.reduceat`` along rows loops per cell and costs as much as reading the window.
-        """
+        """Sums of ``values`` (a window at ``row_off, col_off``) per cell the window touches."""
         f = self.factor
         top, left = row_off % f, col_off % f
         h, w = values.shape
@@ -55,13 +52,7 @@ class Preview:
             padded = np.zeros((math.ceil((top + h) / f) * f, math.ceil((left + w) / f) * f), values.dtype)
             padded[top : top + h, left : left + w] = values
             values = padded
-        rows = values[0::f].astype(dtype)
-        for k in range(1, f):
-            rows += values[k::f]
-        out = rows[:, 0::f].copy()
-        for k in range(1, f):
-            out += rows[:, k::f]
-        return out
+        return cell_sums(values, f, dtype)
 
     def add(self, window: Window, bands: dict[str, np.ndarray], valid: np.ndarray) -> None:
         """Accumulate one window of the pass (``bands`` holds at least ``names``; ``valid`` its mask).
