@@ -53,6 +53,9 @@ class Trace:
     choice: str | None = None
     # Per frame, the scene averaged onto a small grid by the pass that made the masks (quicklooks).
     previews: dict[str, Preview] = field(default_factory=dict)
+    # Ground area of each finished mask, computed on first use: a pass over a tile-sized mask that
+    # answer.json and the --json output would otherwise each repeat.
+    mask_areas: dict[str, float] = field(default_factory=dict, repr=False)
 
     def add_mask(self, mask: Mask, text: str) -> str:
         """Record a ``[SEG]`` step producing ``mask``; returns the mask id (``01_forest``)."""
@@ -75,11 +78,13 @@ class Trace:
 
         masks = {}
         for mask_id, mask in self.masks.items():
+            if mask_id not in self.mask_areas:
+                self.mask_areas[mask_id] = measures.area_m2(mask)
             masks[mask_id] = {
                 "class": mask.label,
                 "frame": mask.frame,
                 "source": mask.source,
-                "area_m2": measures.area_m2(mask),
+                "area_m2": self.mask_areas[mask_id],
                 "file": self.outputs.get(f"mask:{mask_id}"),
             }
         return {
