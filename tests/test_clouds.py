@@ -179,7 +179,9 @@ def test_the_model_input_comes_from_the_pass_that_computes_the_masks(monkeypatch
     monkeypatch.setattr("tscope.reason.spectral.check_scene", lambda scene, names: [])
     monkeypatch.setattr(type(scene), "read", counting)
     monkeypatch.setattr(rasterio, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
-    _, stats = SpectralBackend(block=40).masks_for(scene, ["forest"])
+    backend = SpectralBackend(block=40)
+    _, stats = backend.masks_for(scene, ["forest"])
     assert "ukis-csmask" in stats["cloud_rule"]
     assert sum(read) == scene.grid.width * scene.grid.height
-    assert len(opened) == len(read)
+    # The pass's threads keep one handle each; nothing else opens the file.
+    assert 1 <= len(opened) <= backend.workers + 1 < len(read)

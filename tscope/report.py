@@ -20,10 +20,12 @@ from scipy import ndimage
 
 from tscope.errors import InputError
 from tscope.geo import writers
+from tscope.geo.mask import Mask
 from tscope.geo.polygons import MAX_FEATURES, MAX_TRACE_PIXELS, MAX_VERTICES, PRECISION_DEG, Polygons
 from tscope.geo.preview import Preview, preview_bands, scene_preview
 from tscope.geo.scene import Scene
 from tscope.geo.writers import sweep_partials
+from tscope.reason import measures
 from tscope.reason.trace import Trace
 
 # One colour per class, the same in every frame: saturated hues that natural scenes do not have
@@ -332,21 +334,28 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     return trace.outputs
 
 
+def _write_mask(trace: Trace, path: Path, mask_id: str, mask: Mask) -> None:
+    writers.write_mask_cog(path, mask)
+    trace.mask_areas[mask_id] = measures.area_m2(mask)
+
+
 def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str, str],
                made: writers.Outputs) -> None:
     legend = []
     layers = []
     colours = class_colours(trace)
     # COG encoding runs in GDAL without the GIL: write the rasters (one at a time, to bound memory)
-    # while Python builds the polygons and draws the quicklook.
+    # while Python builds the polygons and draws the quicklook; the writer also measures each mask's
+    # area for answer.json while it has the mask in hand.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        cogs = []
+        jobs = []
         for mask_id, mask in trace.masks.items():
             rel = masks[mask_id]
-            cogs.append(pool.submit(writers.write_mask_cog, made.add(out / rel), mask))
+            jobs.append((made.add(out / rel), mask_id, mask))
             trace.outputs[f"mask:{mask_id}"] = rel
             legend.append((mask_id, rel, colours[mask.label]))
             layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
+        cogs = [pool.submit(_write_mask, trace, *job) for job in jobs]
         # GeoJSON is lon/lat by definition (RFC 7946): a plain image has none, so its masks stay rasters.
         georeferenced = scenes[0].grid.crs is not None
         try:
@@ -359,12 +368,17 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
                 with writers.atomic_path(made.add(out / name)) as tmp:
                     image.save(tmp, format="PNG", compress_level=1)  # 5x faster than the default, ~20 % larger
                 quicklooks.append(name)
+            # Then write here, beside the writer thread, the masks it has not started.
+            for future, job in zip(cogs, jobs, strict=True):
+                if future.cancel():
+                    _write_mask(trace, *job)
         finally:
             for future in cogs:
                 if not future.cancel():
                     future.exception()  # wait: the writer thread must be done before a rollback
         for future in cogs:
-            future.result()
+            if not future.cancelled():
+                future.result()
     if georeferenced:
         trace.notes.extend(_vector_notes(written))
         trace.outputs["geojson"] = "masks.geojson"

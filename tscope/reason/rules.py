@@ -40,8 +40,10 @@ def _check(node: ast.AST, where: str) -> None:
             raise ValueError(f"{where}: {sub.value!r} is not a number")
 
 
-def names_in(expr: ast.Expression) -> set[str]:
-    return {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id not in _FUNCS}
+@cache
+def names_in(expr: ast.Expression) -> frozenset[str]:
+    """The bands, indices and thresholds ``expr`` names (cached: a pass asks for every window)."""
+    return frozenset(n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id not in _FUNCS)
 
 
 def _eval(node: ast.AST, env: Mapping[str, np.ndarray | float]):

@@ -23,7 +23,7 @@ from tscope.geo.checks import check_scene
 from tscope.geo.mask import Mask
 from tscope.geo.preview import Preview, preview_bands
 from tscope.geo.scene import Scene
-from tscope.memory import release_freed_memory
+from tscope.memory import reusing_freed_memory
 from tscope.reason import clouds
 from tscope.reason.backend import Progress
 from tscope.reason.query import Query
@@ -173,7 +173,8 @@ class SpectralBackend:
         # overlaps computing the other. The cloud model runs once the pass has filled its input (about a
         # second on its coarse grid) and its classes are applied to the masks after it.
         thresholds = self._thresholds(scene, active, needs)
-        with ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
+        # The windows' buffers are reused while the pass runs and given back once it ends.
+        with reusing_freed_memory(), scene.reading(), ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
             loading = pool.submit(clouds.load_model, scene) if use_model else None
             done = _in_order(pool, classify, windows, ahead=2 * self.workers)
             for i, (window, valid, nodata, cloudy, classes_here) in enumerate(done):
@@ -188,7 +189,6 @@ class SpectralBackend:
                     progress(i + 1, len(windows))
             if loading is not None:
                 loading.result()
-        release_freed_memory()  # the windows' buffers, freed in the workers' arenas
         cloud_map = (clouds.model_cloud_map(scene, clouds.model_input(preview, scene), self._shadow_water(scene))
                      if use_model else None)
         if cloud_map is not None:
