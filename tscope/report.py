@@ -20,7 +20,6 @@ from scipy import ndimage
 
 from tscope.errors import InputError
 from tscope.geo import writers
-from tscope.geo.mask import Mask
 from tscope.geo.polygons import MAX_FEATURES, MAX_TRACE_PIXELS, MAX_VERTICES, PRECISION_DEG, Polygons
 from tscope.geo.preview import Preview, preview_bands, scene_preview
 from tscope.geo.scene import Scene
@@ -334,19 +333,13 @@ def write_outputs(trace: Trace, scenes: Sequence[Scene], out: Path) -> dict[str,
     return trace.outputs
 
 
-def _write_mask(trace: Trace, path: Path, mask_id: str, mask: Mask) -> None:
-    writers.write_mask_cog(path, mask)
-    trace.mask_areas[mask_id] = measures.area_m2(mask)
-
-
 def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str, str],
                made: writers.Outputs) -> None:
     legend = []
     layers = []
     colours = class_colours(trace)
     # COG encoding runs in GDAL without the GIL: write the rasters (one at a time, to bound memory)
-    # while Python builds the polygons and draws the quicklook; the writer also measures each mask's
-    # area for answer.json while it has the mask in hand.
+    # while Python builds the polygons and draws the quicklook.
     with ThreadPoolExecutor(max_workers=1) as pool:
         jobs = []
         for mask_id, mask in trace.masks.items():
@@ -355,7 +348,7 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
             trace.outputs[f"mask:{mask_id}"] = rel
             legend.append((mask_id, rel, colours[mask.label]))
             layers.append((mask, {"class": mask.label, "step": mask_id, "frame": mask.frame}))
-        cogs = [pool.submit(_write_mask, trace, *job) for job in jobs]
+        cogs = [pool.submit(writers.write_mask_cog, path, mask) for path, _, mask in jobs]
         # GeoJSON is lon/lat by definition (RFC 7946): a plain image has none, so its masks stay rasters.
         georeferenced = scenes[0].grid.crs is not None
         try:
@@ -368,10 +361,14 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
                 with writers.atomic_path(made.add(out / name)) as tmp:
                     image.save(tmp, format="PNG", compress_level=1)  # 5x faster than the default, ~20 % larger
                 quicklooks.append(name)
-            # Then write here, beside the writer thread, the masks it has not started.
-            for future, job in zip(cogs, jobs, strict=True):
+            # Then, beside the writer thread, write the masks it has not started and measure each mask's
+            # area for answer.json.
+            for future, (path, _, mask) in zip(cogs, jobs, strict=True):
                 if future.cancel():
-                    _write_mask(trace, *job)
+                    writers.write_mask_cog(path, mask)
+            for _, mask_id, mask in jobs:
+                if mask_id not in trace.mask_areas:
+                    trace.mask_areas[mask_id] = measures.area_m2(mask)
         finally:
             for future in cogs:
                 if not future.cancel():
