@@ -70,3 +70,27 @@ def test_a_likely_missing_l2a_offset_is_warned_and_reported(tmp_path, slovenia):
     fixed = run_cli("ask", path, "What percentage is forest?", "--l2a-offset", "--out", tmp_path / "p", "--json")
     assert fixed.returncode == 0 and "--l2a-offset" not in fixed.stderr
     assert not any("l2a-offset" in note for note in json.loads(fixed.stdout)["notes"])
+
+
+def test_the_value_checks_read_inside_the_files_blocks(tmp_path):
+    # The checks' nine 128-px windows sat at 0, 960 and 1920 px of a 2048² file of 512-px tiles: the middle
+    # ones crossed a tile edge, and together they decompressed all sixteen tiles (most of a second read).
+    from tscope.geo.checks import _windows
+    from tscope.geo.scene import open_scene
+
+    path = tmp_path / "tiled.tif"
+    profile = dict(driver="GTiff", width=2048, height=2048, count=4, dtype="uint16", crs="EPSG:32633",
+                   transform=rasterio.transform.from_origin(400000, 5100000, 10, 10), tiled=True,
+                   blockxsize=512, blockysize=512)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((4, 2048, 2048), 800, np.uint16))
+        dst.descriptions = ("blue", "green", "red", "nir")
+    windows = _windows(open_scene(path))
+    assert len(windows) == 9
+    tiles = set()
+    for w in windows:
+        first = (int(w.row_off) // 512, int(w.col_off) // 512)
+        last = ((int(w.row_off) + int(w.height) - 1) // 512, (int(w.col_off) + int(w.width) - 1) // 512)
+        assert first == last, w
+        tiles.add(first)
+    assert len(tiles) == 9  # still spread: the corners, the edges' middles and the centre

@@ -31,11 +31,25 @@ OFFSET_DN = 1000
 
 
 def _windows(scene: Scene, size: int = 128, per_side: int = 3) -> list[Window]:
-    """Up to ``per_side``² windows of at most ``size`` px, spread evenly over the analysis grid."""
+    """Up to ``per_side``² windows of at most ``size`` px, spread evenly over the analysis grid, each inside
+    one of the file's blocks where it can be (a window across a block edge decompresses every block it
+    touches: on a 2048² file of 512-px tiles, nine unaligned windows decompressed all sixteen tiles)."""
     grid = scene.grid
+    blocks = scene.block_shape if scene.is_native and not scene.by_gcps else None
+
+    def starts(extent: int, length: int, block: int | None) -> list[int]:
+        out = set()
+        for i in range(per_side):
+            start = round(i * (extent - length) / max(1, per_side - 1))
+            if block is not None and block >= length:
+                first = start // block * block
+                start = min(start, min(first + block, extent) - length)
+            out.add(start)
+        return sorted(out)
+
     w, h = min(size, grid.width), min(size, grid.height)
-    cols = sorted({round(i * (grid.width - w) / max(1, per_side - 1)) for i in range(per_side)})
-    rows = sorted({round(i * (grid.height - h) / max(1, per_side - 1)) for i in range(per_side)})
+    rows = starts(grid.height, h, blocks[0] if blocks else None)
+    cols = starts(grid.width, w, blocks[1] if blocks else None)
     return [Window(c, r, w, h) for r in rows for c in cols]
 
 
