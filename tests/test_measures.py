@@ -189,6 +189,23 @@ def test_regions_labelled_in_strips_are_the_regions_of_the_whole_mask(monkeypatc
     np.testing.assert_allclose(strips.region_areas_m2, whole, rtol=1e-3)
 
 
+def test_region_areas_weigh_each_pixel_by_its_own_row_on_a_geographic_grid(monkeypatch):
+    # At 60-70°N a degree grid's pixel areas shrink by a third from the bottom row to the top: each region's
+    # area is the sum of its own pixels' areas, also when it is summed over the class pixels of a strip.
+    from rasterio.windows import Window
+    from scipy import ndimage
+
+    grid = Grid(CRS.from_epsg(4326), Affine(0.5, 0, 10, 0, -0.5, 70), 23, 20)
+    data = np.random.default_rng(7).random(grid.shape) > 0.5
+    m = mask(grid, data)
+    labels, n = ndimage.label(m.counted, structure=measures.CONNECTIVITY)
+    weights = np.broadcast_to(grid.pixel_area(Window(0, 0, grid.width, grid.height)), grid.shape)
+    whole = sorted(np.bincount(labels.ravel(), weights=weights.ravel())[1:], reverse=True)
+    assert weights[0, 0] < 0.7 * weights[-1, 0]
+    monkeypatch.setattr(measures, "REGION_STRIP", 4)
+    np.testing.assert_allclose(measures.count(m, min_area=0).region_areas_m2, whole, rtol=1e-9)
+
+
 def test_existence():
     assert not measures.existence(mask(UTM, [(0, 0)])).present  # one pixel is noise
     assert measures.existence(mask(UTM, [(0, 0)]), min_area=0).present

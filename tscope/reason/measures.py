@@ -278,8 +278,10 @@ def _region_areas(mask: Mask) -> np.ndarray:
     for window in grid.windows(REGION_STRIP, grid.width):
         rows = slice(int(window.row_off), int(window.row_off + window.height))
         labels, n = ndimage.label(pixels[rows], structure=CONNECTIVITY, output=np.int32)
-        weights = np.broadcast_to(grid.pixel_area(window), labels.shape)
-        parts.append(np.bincount(labels.ravel(), weights=weights.ravel(), minlength=n + 1)[1:])
+        # Summed over the class pixels only (most of a strip is background): each one weighs its own area.
+        row, col = np.divmod(np.flatnonzero(pixels[rows]), labels.shape[1])
+        weights = np.broadcast_to(grid.pixel_area(window), labels.shape)[row, col]
+        parts.append(np.bincount(labels[row, col] - 1, weights=weights, minlength=n))
         first = np.where(labels[0] > 0, labels[0] + total, 0)
         if above is not None:
             touching = (above > 0) & (first > 0)
