@@ -172,23 +172,25 @@ class SpectralBackend:
         # Two windows in flight: GDAL decompression and numpy release the GIL, so reading one window
         # overlaps computing the other. The cloud model runs once the pass has filled its input (about a
         # second on its coarse grid) and its classes are applied to the masks after it.
-        thresholds = self._thresholds(scene, active, needs)
-        # The windows' buffers are reused while the pass runs and given back once it ends.
-        with reusing_freed_memory(), scene.reading(), ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
-            loading = pool.submit(clouds.load_model, scene) if use_model else None
-            done = _in_order(pool, classify, windows, ahead=2 * self.workers)
-            for i, (window, valid, nodata, cloudy, classes_here) in enumerate(done):
-                rows = slice(int(window.row_off), int(window.row_off + window.height))
-                cols = slice(int(window.col_off), int(window.col_off + window.width))
-                nodata_px += nodata
-                cloud_px += cloudy
-                valid_all[rows, cols] = valid
-                for cls, block in classes_here.items():
-                    data[cls][rows, cols] = block
-                if progress:
-                    progress(i + 1, len(windows))
-            if loading is not None:
-                loading.result()
+        # The windows' buffers are reused while the passes run and given back once they end; each
+        # thread reads through one handle of its own (the Otsu thresholds of SAR water take a pass first).
+        with reusing_freed_memory(), scene.reading():
+            thresholds = self._thresholds(scene, active, needs)
+            with ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
+                loading = pool.submit(clouds.load_model, scene) if use_model else None
+                done = _in_order(pool, classify, windows, ahead=2 * self.workers)
+                for i, (window, valid, nodata, cloudy, classes_here) in enumerate(done):
+                    rows = slice(int(window.row_off), int(window.row_off + window.height))
+                    cols = slice(int(window.col_off), int(window.col_off + window.width))
+                    nodata_px += nodata
+                    cloud_px += cloudy
+                    valid_all[rows, cols] = valid
+                    for cls, block in classes_here.items():
+                        data[cls][rows, cols] = block
+                    if progress:
+                        progress(i + 1, len(windows))
+                if loading is not None:
+                    loading.result()
         cloud_map = (clouds.model_cloud_map(scene, clouds.model_input(preview, scene), self._shadow_water(scene))
                      if use_model else None)
         if cloud_map is not None:
