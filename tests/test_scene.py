@@ -157,3 +157,24 @@ def test_windows_follow_the_files_internal_blocks(tmp_path, tiled, block, expect
     for w in windows:
         covered[w.toslices()] += 1
     assert (covered == 1).all()
+
+
+def test_passes_over_a_scene_open_its_file_once_per_thread(monkeypatch, slovenia):
+    # Scene.read opened the file for every window; a pass (the preview, the value checks) keeps one handle.
+    from tscope.geo.checks import sample
+    from tscope.geo.preview import scene_preview
+
+    scene = open_scene(slovenia)
+    opened: list[str] = []
+    real_open = rasterio.open
+    monkeypatch.setattr(rasterio, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    preview = scene_preview(scene, block=16)
+    assert preview.valid.all() and len(opened) == 1
+    assert len(list(scene.windows(16))) > 1
+    opened.clear()
+    sample(scene, ["red", "nir"])
+    assert len(opened) == 1
+    opened.clear()
+    scene.read(["red"], Window(0, 0, 8, 8))  # outside a pass: opened and closed again
+    scene.read(["red"], Window(8, 8, 8, 8))
+    assert len(opened) == 2

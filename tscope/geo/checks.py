@@ -56,11 +56,12 @@ def _windows(scene: Scene, size: int = 128, per_side: int = 3) -> list[Window]:
 def sample(scene: Scene, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Finite, valid physical values of each band in ``names`` from a few windows spread over the scene."""
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for window in _windows(scene):
-        bands, valid = scene.read(list(names), window)
-        for name in names:
-            values = bands[name][valid]
-            parts[name].append(values[np.isfinite(values)])
+    with scene.reading():
+        for window in _windows(scene):
+            bands, valid = scene.read(list(names), window)
+            for name in names:
+                values = bands[name][valid]
+                parts[name].append(values[np.isfinite(values)])
     return {n: np.concatenate(v) if v else np.empty(0, np.float32) for n, v in parts.items()}
 
 

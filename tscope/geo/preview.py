@@ -106,7 +106,8 @@ def scene_preview(scene: Scene, names: Sequence[str] | None = None, block: int =
     """A preview of ``scene`` (cells of ``factor`` pixels, default: at most PREVIEW_SIDE cells a side)
     from a pass of its own, for callers with no pass to share."""
     preview = Preview(scene.grid, names or preview_bands(scene.bands), factor=factor)
-    for window in scene.windows(block):
-        bands, valid = scene.read(preview.names, window)
-        preview.add(window, bands, valid)
+    with scene.reading():
+        for window in scene.windows(block):
+            bands, valid = scene.read(preview.names, window)
+            preview.add(window, bands, valid)
     return preview

@@ -196,7 +196,7 @@ def _physical_copy(scene: Scene, names: Sequence[str], folder: Path) -> Iterator
     """``scene``'s bands as physical float32 values on its own grid, in a scratch GeoTIFF."""
     native = scene.aligned_to(scene.native)
     with scratch_path(folder / f"{scene.frame}.physical") as tmp:
-        with rasterio.open(tmp, "w", **_profile(native.grid, len(names))) as dst:
+        with rasterio.open(tmp, "w", **_profile(native.grid, len(names))) as dst, native.reading():
             for window in native.grid.windows(BLOCK * 2):
                 values, valid = native.read(names, window)
                 dst.write(_masked(values, valid, names), window=window)
@@ -209,9 +209,10 @@ def _blocks_on_grid(scene: Scene, names: Sequence[str], grid: Grid, options: Sta
     if grid.crop_offset(scene.native) is not None:
         # The grid is a pixel-aligned crop of the file: read it as is, no resampling at all.
         aligned = scene.aligned_to(grid)
-        for window in grid.windows(BLOCK * 2):
-            values, valid = aligned.read(names, window)
-            yield window, _masked(values, valid, names)
+        with aligned.reading():
+            for window in grid.windows(BLOCK * 2):
+                values, valid = aligned.read(names, window)
+                yield window, _masked(values, valid, names)
         return
     with _physical_copy(scene, names, folder) as physical, rasterio.open(physical) as src:
         by_method: dict[str, list[int]] = {}
