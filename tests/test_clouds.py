@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -185,3 +187,28 @@ def test_the_model_input_comes_from_the_pass_that_computes_the_masks(monkeypatch
     assert sum(read) == scene.grid.width * scene.grid.height
     # The pass's threads keep one handle each; nothing else opens the file.
     assert 1 <= len(opened) <= backend.workers + 1 < len(read)
+
+
+def test_passes_running_at_once_load_the_model_once(monkeypatch, slovenia):
+    # batch runs several passes in threads: each loaded the 40 MB model itself (the session cache does not
+    # stop two first calls at once), costing a load's CPU and memory per thread.
+    import onnxruntime
+
+    made: list[str] = []
+    real_session = onnxruntime.InferenceSession
+
+    def slow_session(path, *args, **kwargs):
+        made.append(str(path))
+        time.sleep(0.3)  # a load long enough for the other pass to ask for the model meanwhile
+        return real_session(path, *args, **kwargs)
+
+    clouds._session.cache_clear()
+    monkeypatch.setattr(onnxruntime, "InferenceSession", slow_session)
+    scenes = [open_scene(slovenia), open_scene(slovenia)]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            done = list(pool.map(lambda scene: SpectralBackend().masks_for(scene, ["forest"]), scenes))
+    finally:
+        clouds._session.cache_clear()
+    assert all("ukis-csmask" in stats["cloud_rule"] for _, stats in done)
+    assert len(made) == 1

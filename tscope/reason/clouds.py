@@ -28,6 +28,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -130,9 +131,20 @@ def model_input(filled: Preview, scene: Scene) -> Preview:
     return filled.coarsened(factor // filled.factor, input_bands(scene))
 
 
-def load_model(scene: Scene) -> None:
-    """Load the model ``scene`` needs (most of a second), e.g. in a thread while the pass runs."""
-    _session(_model_file(input_bands(scene), product_level(scene)))
+def start_loading(scene: Scene) -> Future[None]:
+    """Start loading the model ``scene`` needs (most of a second) in a background thread, e.g. before the
+    values are checked and the pass runs: on a small scene the whole pass takes less than the load.
+
+    Loads run one at a time (concurrent passes of ``batch`` load each model once).
+    """
+    return _LOADER.submit(_load, _model_file(input_bands(scene), product_level(scene)))
+
+
+def _load(model_file: Path) -> None:
+    _session(model_file)
+
+
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tscope-cloud-model")
 
 
 @cache

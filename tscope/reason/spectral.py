@@ -142,6 +142,7 @@ class SpectralBackend:
         # Before any work: refuse values that are not what the rules expect (uncalibrated SAR, DN read as
         # reflectance, a wrong offset); warnings go into the report.
         checked = sorted(set(needs) | (set(clouds.BANDS_6) & set(scene.bands) if use_model else set()))
+        loading = clouds.start_loading(scene) if use_model else None
         warnings = check_scene(scene, checked)
         shape = scene.grid.shape
         data = {cls: np.zeros(shape, dtype=bool) for cls in classes}
@@ -170,14 +171,14 @@ class SpectralBackend:
             return window, valid, nodata, cloudy, classes_here
 
         # Two windows in flight: GDAL decompression and numpy release the GIL, so reading one window
-        # overlaps computing the other. The cloud model runs once the pass has filled its input (about a
-        # second on its coarse grid) and its classes are applied to the masks after it.
+        # overlaps computing the other (and the cloud model's load, started before the checks). The cloud
+        # model runs once the pass has filled its input (about a second on its coarse grid) and its classes
+        # are applied to the masks after it.
         # The windows' buffers are reused while the passes run and given back once they end; each
         # thread reads through one handle of its own (the Otsu thresholds of SAR water take a pass first).
         with reusing_freed_memory(), scene.reading():
             thresholds = self._thresholds(scene, active, needs)
-            with ThreadPoolExecutor(max_workers=self.workers + 1) as pool:
-                loading = pool.submit(clouds.load_model, scene) if use_model else None
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 done = _in_order(pool, classify, windows, ahead=2 * self.workers)
                 for i, (window, valid, nodata, cloudy, classes_here) in enumerate(done):
                     rows = slice(int(window.row_off), int(window.row_off + window.height))
