@@ -102,3 +102,21 @@ def test_benchmark_tiny_runs_on_cpu():
     header, _, row, paper = result.stdout.splitlines()[1:5]
     assert "s/sample b1" in header and "tiles/s b2" in header and "batched/unbatched (b2)" in header
     assert row.startswith("| tiny | CPU | none |") and paper.startswith("| paper | A100 | bf16 | 2.48 |")
+
+
+def test_tile_reads_do_not_open_the_scene_per_tile(native, slovenia, tmp_path, monkeypatch):
+    # Every tile's read opened the file anew; a pass keeps one handle per scene and thread.
+    from tscope.ask import ask
+
+    opened: list[str] = []
+    real_open = rasterio.open
+    monkeypatch.setattr(rasterio, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    opens = {}
+    for tile in (64, 48):
+        opened.clear()
+        trace = ask([slovenia], "What percentage of the image is covered by forest?", backend="terrascope",
+                    backend_options=dict(model=native, dtype="fp32", device="cpu", tile_overlap=16, scene_tile=tile),
+                    out=tmp_path / str(tile))
+        opens[len(trace.tiles)] = opened.count(str(slovenia))
+    assert len(opens) == 2 and max(opens) > 2 * min(opens)  # more than twice the tiles at 48 px than at 64 px ...
+    assert opens[max(opens)] == opens[min(opens)]  # ... and not one more open of the scene

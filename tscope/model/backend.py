@@ -12,6 +12,7 @@ never combined into the scene answer.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,15 @@ class SceneInputs:
     limits: dict[str, dict]
     sar_limits: dict | None
     previews: dict[str, Preview]  # per frame, averaged over cells of the overview's decimation factor
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Within the block, tiles are read through one kept handle per scene (:meth:`Scene.reading`), not
+        by opening each scene's file anew for every tile."""
+        with contextlib.ExitStack() as kept:
+            for scene in {id(s): s for s in (*self.by_frame.values(), self.first)}.values():
+                kept.enter_context(scene.reading())
+            yield
 
 
 @dataclass
@@ -211,7 +221,8 @@ class TerraScopeBackend:
                 yield self._tile_request(decoder, images, sar, query, frames, partial(tile_done, i))
 
         decoder = BatchDecoder(self.model, self.tokenizer, self.batch_tiles)
-        decoder.run(tile_requests())
+        with inputs_of.reading():
+            decoder.run(tile_requests())
         trace.tiles.extend(records[i] for i in sorted(records))
         decoded = decoder.stats()
         seg_total = sum(t["segs"] for t in trace.tiles)
@@ -331,9 +342,11 @@ class TerraScopeBackend:
                     if progress:
                         progress(len(done), len(windows))
 
-                requests = [Request([read_rgb(inputs.by_frame[f], window, inputs.limits[f])[0] for f in inputs.frames],
-                                    text, max_new_tokens=self.max_new_tokens, done=answered, tag=i)
-                            for i, window in enumerate(windows)]
+                with inputs.reading():
+                    requests = [Request([read_rgb(inputs.by_frame[f], window, inputs.limits[f])[0]
+                                         for f in inputs.frames],
+                                        text, max_new_tokens=self.max_new_tokens, done=answered, tag=i)
+                                for i, window in enumerate(windows)]
                 BatchDecoder(self.model, self.tokenizer, self.batch_tiles).run(requests)
                 for i, (window, request) in enumerate(zip(windows, requests, strict=True)):
                     one = request.result
