@@ -131,17 +131,13 @@ def model_input(filled: Preview, scene: Scene) -> Preview:
     return filled.coarsened(factor // filled.factor, input_bands(scene))
 
 
-def start_loading(scene: Scene) -> Future[None]:
+def start_loading(scene: Scene) -> Future:
     """Start loading the model ``scene`` needs (most of a second) in a background thread, e.g. before the
     values are checked and the pass runs: on a small scene the whole pass takes less than the load.
 
-    Loads run one at a time (concurrent passes of ``batch`` load each model once).
+    Loads run one at a time, so passes that ``batch`` runs at once load each model once.
     """
-    return _LOADER.submit(_load, _model_file(input_bands(scene), product_level(scene)))
-
-
-def _load(model_file: Path) -> None:
-    _session(model_file)
+    return _LOADER.submit(_session, _model_file(input_bands(scene), product_level(scene)))
 
 
 _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tscope-cloud-model")
