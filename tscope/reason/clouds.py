@@ -137,7 +137,13 @@ def start_loading(scene: Scene) -> Future:
 
     Loads run one at a time, so passes that ``batch`` runs at once load each model once.
     """
-    return _LOADER.submit(_session, _model_file(input_bands(scene), product_level(scene)))
+    return _LOADER.submit(_load_for, scene)
+
+
+def _load_for(scene: Scene):
+    # The product level is read from the file's tags in the loader thread too: for a remote scene that is
+    # a request the caller need not wait for.
+    return _session(_model_file(input_bands(scene), product_level(scene)))
 
 
 _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tscope-cloud-model")
