@@ -24,7 +24,6 @@ from tscope.geo.polygons import MAX_FEATURES, MAX_TRACE_PIXELS, MAX_VERTICES, PR
 from tscope.geo.preview import Preview, preview_bands, scene_preview
 from tscope.geo.scene import Scene
 from tscope.geo.writers import sweep_partials
-from tscope.reason import measures
 from tscope.reason.trace import Trace
 
 # One colour per class, the same in every frame: saturated hues that natural scenes do not have
@@ -366,9 +365,8 @@ def _write_all(trace: Trace, scenes: Sequence[Scene], out: Path, masks: dict[str
             for future, (path, _, mask) in zip(cogs, jobs, strict=True):
                 if future.cancel():
                     writers.write_mask_cog(path, mask)
-            for _, mask_id, mask in jobs:
-                if mask_id not in trace.mask_areas:
-                    trace.mask_areas[mask_id] = measures.area_m2(mask)
+            for _, mask_id, _ in jobs:
+                trace.mask_area(mask_id)
         finally:
             for future in cogs:
                 if not future.cancel():

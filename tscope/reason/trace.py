@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from tscope import __version__
 from tscope.geo.mask import Mask
 from tscope.geo.preview import Preview
+from tscope.reason import measures
 from tscope.reason.query import Query
 
 SEG = "[SEG]"
@@ -66,6 +67,12 @@ class Trace:
         self.steps.append(Step(text=text, mask=mask_id, frame=mask.frame))
         return mask_id
 
+    def mask_area(self, mask_id: str) -> float:
+        """Ground area (m²) of mask ``mask_id``, measured once and kept in :attr:`mask_areas`."""
+        if mask_id not in self.mask_areas:
+            self.mask_areas[mask_id] = measures.area_m2(self.masks[mask_id])
+        return self.mask_areas[mask_id]
+
     def say(self, text: str) -> None:
         self.steps.append(Step(text=text))
 
@@ -74,17 +81,13 @@ class Trace:
         return "<think>" + " ".join(s.text for s in self.steps) + f"</think><answer>{self.answer}</answer>"
 
     def to_dict(self) -> dict:
-        from tscope.reason import measures
-
         masks = {}
         for mask_id, mask in self.masks.items():
-            if mask_id not in self.mask_areas:
-                self.mask_areas[mask_id] = measures.area_m2(mask)
             masks[mask_id] = {
                 "class": mask.label,
                 "frame": mask.frame,
                 "source": mask.source,
-                "area_m2": self.mask_areas[mask_id],
+                "area_m2": self.mask_area(mask_id),
                 "file": self.outputs.get(f"mask:{mask_id}"),
             }
         return {
